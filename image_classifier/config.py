@@ -1,0 +1,60 @@
+"""The one configuration object of a training run, built once from the command line and passed down."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from image_classifier.errors import UserError
+
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+
+# Arguments that change how a run goes but never its results: a resumed or reproduced run may differ here.
+RESULT_NEUTRAL_FIELDS = ("num_workers", "checkpoint_every", "resume", "verbose")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    experiment_name: str
+    run_name: str
+    experiments_folder: Path
+    dataset_folder: Path
+    learning_rate: float = 0.001
+    momentum: float = 0.9
+    num_epochs: int = 2
+    num_workers: int = 2
+    batch_size: int = 4
+    pretrained_model: Path | None = None
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = True
+    checkpoint_every: int = 0
+    resume: bool = False
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        for label, name in (("experiment name", self.experiment_name), ("run name", self.run_name)):
+            check_name(label, name)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.experiments_folder / self.experiment_name / self.run_name
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values (paths as strings); the password is not part of the config at all."""
+        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        paths = ("experiments_folder", "dataset_folder", "pretrained_model")
+        return cls(**{key: Path(value) if key in paths and value is not None else value for key, value in values.items()})
+
+    def result_fields(self) -> dict:
+        """The arguments that determine a run's results, for comparing a resume with its original."""
+        return {key: value for key, value in self.to_dict().items() if key not in RESULT_NEUTRAL_FIELDS}
+
+
+def check_name(label: str, name: str) -> None:
+    if not _NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise UserError(f"invalid {label} {name!r}: use letters, digits, '.', '_' and '-' (not '.' or '..')")

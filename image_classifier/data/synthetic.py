@@ -1,0 +1,257 @@
+"""Generate a CIFAR-10-format dataset of procedurally drawn images, for tests, demos and CI.
+
+The files are byte-for-byte in the format of the official "python version" (Python 2 pickles, protocol 2,
+numpy arrays through `numpy.core.multiarray._reconstruct`), so every code path that reads them also reads
+the real CIFAR-10. Each of the ten classes is one shape in one hue band, drawn at a random place, size
+and brightness on a random background with noise: easy enough for the notebook's model to learn in a
+couple of epochs, varied enough that it has to.
+
+    python -m image_classifier.data.synthetic --output data/sample_dataset --train-size 5000 --test-size 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from image_classifier.data.data import BATCHES_FOLDER, BATCHES_META, METADATA_FILE, TEST_BATCH
+from image_classifier.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# The seed's class names (metadata.json) and the official ones (batches.meta), in label order.
+CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_SIZE = 32
+
+
+# --- Python 2 pickle writer ------------------------------------------------------------------------------
+# Python 3's pickle cannot write Python 2 `str` (SHORT_BINSTRING/BINSTRING), which the real files use, so
+# the few opcodes they need are emitted by hand. `pickletools.dis` on a real batch shows the same stream.
+
+
+def _py2_str(text: str | bytes) -> bytes:
+    raw = text.encode("latin1") if isinstance(text, str) else text
+    if len(raw) < 256:
+        return b"U" + bytes([len(raw)]) + raw  # SHORT_BINSTRING
+    return b"T" + struct.pack("<i", len(raw)) + raw  # BINSTRING
+
+
+def _py2_int(value: int) -> bytes:
+    if 0 <= value < 256:
+        return b"K" + bytes([value])  # BININT1
+    if 0 <= value < 65536:
+        return b"M" + struct.pack("<H", value)  # BININT2
+    return b"J" + struct.pack("<i", value)  # BININT
+
+
+def _py2_global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _py2_list(items: list, encode: Callable[[object], bytes]) -> bytes:
+    out = [b"]"]  # EMPTY_LIST, then APPENDS in chunks of 1000 as cPickle wrote them
+    for start in range(0, len(items), 1000):
+        out.append(b"(" + b"".join(encode(item) for item in items[start : start + 1000]) + b"e")
+    return b"".join(out)
+
+
+def _py2_uint8_matrix(array: np.ndarray) -> bytes:
+    rows, cols = array.shape
+    dtype = (
+        _py2_global("numpy", "dtype")
+        + _py2_str("u1")
+        + _py2_int(0)
+        + _py2_int(1)
+        + b"\x87R"  # TUPLE3, REDUCE
+        + b"("
+        + _py2_int(3)
+        + _py2_str("|")
+        + b"NNN"
+        + struct.pack("<ci", b"J", -1) * 2
+        + _py2_int(0)
+        + b"tb"  # TUPLE, BUILD
+    )
+    return (
+        _py2_global("numpy.core.multiarray", "_reconstruct")
+        + _py2_global("numpy", "ndarray")
+        + _py2_int(0)
+        + b"\x85"  # TUPLE1
+        + _py2_str("b")
+        + b"\x87R"
+        + b"("
+        + _py2_int(1)
+        + _py2_int(rows)
+        + _py2_int(cols)
+        + b"\x86"  # TUPLE2
+        + dtype
+        + b"\x89"  # NEWFALSE: C order
+        + _py2_str(np.ascontiguousarray(array).tobytes())
+        + b"tb"
+    )
+
+
+def _py2_value(value: object) -> bytes:
+    if isinstance(value, np.ndarray):
+        return _py2_uint8_matrix(value)
+    if isinstance(value, (str, bytes)):
+        return _py2_str(value)
+    if isinstance(value, int):
+        return _py2_int(value)
+    if isinstance(value, list):
+        return _py2_list(value, _py2_value)
+    raise TypeError(f"cannot write {type(value).__name__} as a Python 2 pickle")
+
+
+def py2_pickle_dict(mapping: dict[str, object]) -> bytes:
+    """Serialise a CIFAR-style dict exactly as Python 2's cPickle (protocol 2) did for the real files."""
+    items = b"".join(_py2_str(key) + _py2_value(value) for key, value in mapping.items())
+    return b"\x80\x02}(" + items + b"u."
+
+
+# --- drawing ---------------------------------------------------------------------------------------------
+
+
+def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Vectorised HSV -> RGB; inputs of shape (N,), output (N, 3), all in [0, 1]."""
+    sector = np.floor(hue * 6) % 6
+    fraction = hue * 6 - np.floor(hue * 6)
+    p = value * (1 - saturation)
+    q = value * (1 - fraction * saturation)
+    t = value * (1 - (1 - fraction) * saturation)
+    table = np.stack(
+        [
+            np.stack([value, t, p], 1),
+            np.stack([q, value, p], 1),
+            np.stack([p, value, t], 1),
+            np.stack([p, q, value], 1),
+            np.stack([t, p, value], 1),
+            np.stack([value, p, q], 1),
+        ]
+    )
+    return table[sector.astype(int), np.arange(len(hue))]
+
+
+def _shape_masks(label: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean masks (count x 32 x 32) of class `label`'s shape at random centres, sizes and phases."""
+    yy, xx = np.mgrid[0:_SIZE, 0:_SIZE].astype(np.float32)
+    centre_x = rng.uniform(11, 21, (count, 1, 1))
+    centre_y = rng.uniform(11, 21, (count, 1, 1))
+    radius = rng.uniform(6, 11, (count, 1, 1))
+    period = rng.uniform(5, 9, (count, 1, 1))
+    phase = rng.uniform(0, 2 * np.pi, (count, 1, 1))
+    dx, dy = xx - centre_x, yy - centre_y
+    distance = np.hypot(dx, dy)
+    inside_square = np.maximum(abs(dx), abs(dy)) < radius
+    shapes = [
+        lambda: distance < radius,  # disk
+        lambda: np.maximum(abs(dx), abs(dy)) < 0.8 * radius,  # square
+        lambda: (distance < radius) & (distance > 0.55 * radius),  # ring
+        lambda: np.sin(2 * np.pi * yy / period + phase) > 0,  # horizontal stripes
+        lambda: np.sin(2 * np.pi * xx / period + phase) > 0,  # vertical stripes
+        lambda: np.sin(2 * np.pi * (xx + yy) / (1.4 * period) + phase) > 0,  # diagonal stripes
+        lambda: inside_square & ((abs(dx) < 0.3 * radius) | (abs(dy) < 0.3 * radius)),  # cross
+        lambda: (dy < 0.8 * radius) & (abs(dx) < (dy + radius) / 2),  # triangle
+        lambda: ((np.floor((xx + phase) / (period / 2)) + np.floor(yy / (period / 2))) % 2) == 0,  # checks
+        lambda: abs(dx) + abs(dy) < radius,  # diamond
+    ]
+    return np.broadcast_to(shapes[label % len(shapes)](), (count, _SIZE, _SIZE))
+
+
+def draw_images(labels: np.ndarray, rng: np.random.Generator, num_classes: int = len(CLASSES)) -> np.ndarray:
+    """Draw one image per label: uint8 N x 3 x 32 x 32."""
+    images = np.empty((len(labels), 3, _SIZE, _SIZE), dtype=np.float32)
+    for label in range(num_classes):
+        index = np.flatnonzero(labels == label)
+        count = len(index)
+        if count == 0:
+            continue
+        hue = (label / num_classes + rng.uniform(-0.03, 0.03, count)) % 1.0
+        foreground = _hsv_to_rgb(hue, rng.uniform(0.55, 1.0, count), rng.uniform(0.55, 1.0, count))
+        background = _hsv_to_rgb(rng.uniform(0, 1, count), rng.uniform(0, 0.35, count), rng.uniform(0.1, 0.9, count))
+        mask = _shape_masks(label, count, rng)[:, None]
+        images[index] = np.where(mask, foreground[:, :, None, None], background[:, :, None, None]) * 255
+    images += rng.normal(0, 12, images.shape).astype(np.float32)
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+
+
+# --- writing a dataset -----------------------------------------------------------------------------------
+
+
+def _batch_dict(batch_label: str, images: np.ndarray, labels: np.ndarray, first_index: int) -> dict[str, object]:
+    filenames = [f"{CIFAR10_LABEL_NAMES[label]}_s_{first_index + i:06d}.png" for i, label in enumerate(labels)]
+    return {
+        "batch_label": batch_label,
+        "labels": [int(label) for label in labels],
+        "data": images.reshape(len(images), -1),
+        "filenames": filenames,
+    }
+
+
+def generate_dataset(output: Path, train_size: int, test_size: int, seed: int = 0, train_batches: int = 5) -> Path:
+    """Write `<output>/cifar-10-batches-py/` (data_batch_1..k, test_batch, batches.meta) and metadata.json."""
+    if train_size < train_batches or test_size < 1 or train_batches < 1:
+        raise UserError("need at least one image per training batch and at least one test image")
+    batches_dir = output / BATCHES_FOLDER
+    if batches_dir.exists():
+        raise UserError(f"{batches_dir} already exists; delete it or choose another --output")
+    rng = np.random.default_rng(seed)
+    # Balanced classes in random order, like CIFAR-10's 5,000 training and 1,000 test images per class.
+    train_labels = rng.permutation(np.arange(train_size) % len(CLASSES))
+    test_labels = rng.permutation(np.arange(test_size) % len(CLASSES))
+    train_images, test_images = draw_images(train_labels, rng), draw_images(test_labels, rng)
+
+    batches_dir.mkdir(parents=True)
+    first_index = 0
+    for number, index in enumerate(np.array_split(np.arange(train_size), train_batches), start=1):
+        batch = _batch_dict(
+            f"training batch {number} of {train_batches}", train_images[index], train_labels[index], first_index
+        )
+        (batches_dir / f"data_batch_{number}").write_bytes(py2_pickle_dict(batch))
+        first_index += len(index)
+    test = _batch_dict("testing batch 1 of 1", test_images, test_labels, first_index)
+    (batches_dir / TEST_BATCH).write_bytes(py2_pickle_dict(test))
+    meta = {
+        "num_cases_per_batch": int(np.ceil(train_size / train_batches)),
+        "label_names": list(CIFAR10_LABEL_NAMES),
+        "num_vis": 3 * _SIZE * _SIZE,
+    }
+    (batches_dir / BATCHES_META).write_bytes(py2_pickle_dict(meta))
+    (output / METADATA_FILE).write_text(json.dumps({"classes": list(CLASSES)}, indent=4) + "\n", encoding="utf-8")
+    return batches_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m image_classifier.data.synthetic",
+        description="Generate a learnable dataset in the exact CIFAR-10 python-batches file format.",
+    )
+    parser.add_argument("--output", type=Path, required=True, help="dataset folder to create (required)")
+    parser.add_argument("--train-size", type=int, default=5000, help="training images (default: 5000)")
+    parser.add_argument("--test-size", type=int, default=1000, help="test images (default: 1000)")
+    parser.add_argument("--train-batches", type=int, default=5, help="data_batch_<n> files (default: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        batches_dir = generate_dataset(args.output, args.train_size, args.test_size, args.seed, args.train_batches)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    logger.info("wrote %d training and %d test images to %s", args.train_size, args.test_size, batches_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Total and per-class accuracy on the test split, right for every batch size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    classes: Sequence[str],
+    total_steps: int | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> dict:
+    """Return {"test_accuracy": %, "class_accuracy": {class: %}} over all `batches`.
+
+    Counts are accumulated per class with `bincount`, so a last batch smaller than the others (a test set
+    that the batch size does not divide) counts exactly like the rest.
+    """
+    model.eval()
+    num_classes = len(classes)
+    correct = torch.zeros(num_classes, dtype=torch.int64)
+    seen = torch.zeros(num_classes, dtype=torch.int64)
+    for images, labels in tqdm(batches, total=total_steps, desc="evaluate", unit="batch", leave=False, disable=None):
+        predictions = model(images).argmax(dim=1)
+        labels = labels.cpu()
+        seen += torch.bincount(labels, minlength=num_classes)
+        correct += torch.bincount(labels[predictions.cpu() == labels], minlength=num_classes)
+        if after_step is not None:
+            after_step()
+    total_seen = int(seen.sum())
+    if total_seen == 0:
+        raise ValueError("evaluate() got no images")
+    class_accuracy = {
+        name: 100.0 * int(correct[index]) / int(seen[index]) if seen[index] else float("nan")
+        for index, name in enumerate(classes)
+    }
+    return {"test_accuracy": 100.0 * int(correct.sum()) / total_seen, "class_accuracy": class_accuracy}

@@ -1,0 +1,124 @@
+"""Seeding, deterministic kernels, RNG snapshots and the facts about the environment a run records."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+import image_classifier
+
+# Written by requirements/requirements-*.sh next to the environment it installed into: which lock file
+# the environment came from, so that run.json can name it.
+LOCK_RECORD_FILE = "image-classifier-lock.sha256"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (torch's covers every CUDA device too)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> dict:
+    """Ask PyTorch for deterministic kernels and return the settings, for run.json."""
+    if deterministic and device.type == "cuda":
+        # cuBLAS is only deterministic with a fixed workspace; it must be set before cuBLAS starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    return {
+        "use_deterministic_algorithms": deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "torch_num_threads": torch.get_num_threads(),
+    }
+
+
+def capture_rng_state() -> dict:
+    """Every global RNG state, in types that `torch.load(weights_only=True)` accepts."""
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _git_state() -> dict | None:
+    """The commit of the checkout the package runs from (editable installs), or None for a wheel."""
+    source_dir = Path(image_classifier.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source_dir), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(source_dir), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def _lock_file_record() -> dict | None:
+    record = Path(sys.prefix) / LOCK_RECORD_FILE
+    if not record.is_file():
+        return None
+    lines = record.read_text(encoding="utf-8").split()
+    return dict(zip(lines[1::2], lines[0::2])) or None  # "sha256  name" lines -> {name: sha256}
+
+
+def environment_facts() -> dict:
+    """What besides code, data and arguments can change a run's bytes: versions, platform, lock file."""
+    return {
+        "versions": {
+            "image_classifier": image_classifier.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "numpy": np.__version__,
+        },
+        "platform": {
+            "system": platform.platform(),
+            "machine": platform.machine(),
+            "cuda": torch.version.cuda,
+        },
+        "git": _git_state(),
+        "lock_files": _lock_file_record(),
+    }

@@ -1,0 +1,267 @@
+"""A whole training run: load the data, build the model, train and evaluate epoch by epoch, record it all.
+
+The run is checkpointed into its unfinished run directory at its start, after the training part of every
+epoch, after every evaluation, every `checkpoint_every` steps and when SIGINT or SIGTERM arrives. A
+checkpoint carries everything the rest of the run depends on (weights, optimiser, position in the epoch,
+the epoch's data order, every RNG state, the metrics so far), so `--resume` finishes with the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from image_classifier.config import TrainConfig
+from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches
+from image_classifier.data.database import Secret, load_settings
+from image_classifier.errors import RunDirectoryError, UserError
+from image_classifier.model.model import build_model, load_pretrained
+from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
+from image_classifier.model.validation import evaluate
+from image_classifier.reproducibility import (
+    capture_rng_state,
+    configure_determinism,
+    environment_facts,
+    restore_rng_state,
+    seed_everything,
+)
+from image_classifier.run_dir import METRICS_FILE, RUN_FILE, RunDirectory
+from image_classifier.visualization.plot import plot_metrics
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+_PROGRESS_FIELDS = ("epoch", "step", "loss_sum", "window_loss_sum", "seconds")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint was written; `--resume` continues it."""
+
+    def __init__(self, signal_number: int, work_dir: Path) -> None:
+        self.exit_code = 128 + signal_number
+        name = signal.Signals(signal_number).name
+        super().__init__(f"stopped by {name}; the checkpoint is in {work_dir}: rerun the same command with --resume")
+
+
+class StopSignals:
+    """Turn the first SIGINT/SIGTERM into a request honoured between steps, so no checkpoint is torn."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        try:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread (e.g. some notebook front-ends): keep the default handlers
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signal_number: int, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
+        self.received = signal_number
+        logger.warning("%s received: stopping after this step", signal.Signals(signal_number).name)
+
+
+@dataclass
+class RunState:
+    """What changes as the run goes on; saved in every checkpoint."""
+
+    progress: EpochProgress
+    order: torch.Tensor | None = None  # this epoch's data order, drawn when the epoch starts
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was asked for, but PyTorch sees no CUDA device here")
+    return device
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class TrainingSession:
+    """The fixed parts of a run, with the operations that need several of them at once."""
+
+    config: TrainConfig
+    data: Cifar10Data
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator  # the data order's own generator
+    run_dir: RunDirectory
+
+    def save_checkpoint(self, state: RunState) -> None:
+        progress = state.progress
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.result_fields(),
+            "dataset_sha256": self.data.file_sha256,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "progress": {key: getattr(progress, key) for key in _PROGRESS_FIELDS},
+            "order": state.order,
+            "history": state.history,
+            "rng": {**capture_rng_state(), "shuffle": self.shuffle.get_state()},
+        }
+        self.run_dir.save_checkpoint(checkpoint)
+
+    def restore(self, checkpoint: dict) -> RunState:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_rng_state(checkpoint["rng"])
+        self.shuffle.set_state(checkpoint["rng"]["shuffle"])
+        progress = EpochProgress(**checkpoint["progress"])
+        return RunState(progress=progress, order=checkpoint["order"], history=list(checkpoint["history"]))
+
+    def evaluate_test_set(self, stop: StopSignals) -> dict:
+        config, data = self.config, self.data
+        test_batches = iterate_batches(data.test, config.batch_size, self.device)
+        steps = num_batches(len(data.test), config.batch_size)
+        return evaluate(self.model, test_batches, data.classes, steps, after_step=lambda: self._stop_if_asked(stop))
+
+    def train_remaining_epochs(self, state: RunState, stop: StopSignals) -> dict:
+        """Run the epochs left from `state`; return the last evaluation's metrics."""
+        config, data = self.config, self.data
+        train_steps = num_batches(len(data.train), config.batch_size)
+        metrics = None
+        while state.progress.epoch <= config.num_epochs:
+            progress = state.progress
+            if state.order is None:
+                state.order = torch.randperm(len(data.train), generator=self.shuffle)
+            started, seconds_before = time.monotonic(), progress.seconds
+            if progress.step < train_steps:
+
+                def after_step(progress: EpochProgress) -> None:
+                    progress.seconds = seconds_before + time.monotonic() - started
+                    due = config.checkpoint_every and progress.step % config.checkpoint_every == 0
+                    if due or stop.received is not None:
+                        self.save_checkpoint(state)
+                    self._stop_if_asked(stop)
+
+                batches = iterate_batches(data.train, config.batch_size, self.device, state.order, progress.step)
+                train_one_epoch(self.model, batches, self.optimizer, progress, train_steps, after_step)
+                self.save_checkpoint(state)  # a kill during evaluation resumes here, not at the epoch's start
+            metrics = self.evaluate_test_set(stop)
+            progress.seconds = seconds_before + time.monotonic() - started
+            state.history.append(
+                {
+                    "epoch": progress.epoch,
+                    "train_loss": progress.mean_loss,
+                    "test_accuracy": metrics["test_accuracy"],
+                    "seconds": round(progress.seconds, 3),
+                }
+            )
+            logger.info(
+                "epoch %d/%d: train loss %.3f, test accuracy %.2f %%",
+                progress.epoch,
+                config.num_epochs,
+                progress.mean_loss,
+                metrics["test_accuracy"],
+            )
+            state.progress, state.order = EpochProgress(epoch=progress.epoch + 1), None
+            self.save_checkpoint(state)
+        # No epoch to train (--num_epochs 0), or resumed after the last epoch's checkpoint: evaluate as is.
+        return metrics if metrics is not None else self.evaluate_test_set(stop)
+
+    def _stop_if_asked(self, stop: StopSignals) -> None:
+        if stop.received is not None:
+            raise TrainingInterrupted(stop.received, self.run_dir.work_dir)
+
+
+def _check_resume_matches(checkpoint: dict, config: TrainConfig) -> None:
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise RunDirectoryError(f"the checkpoint's format {checkpoint.get('format')} is not {CHECKPOINT_FORMAT}")
+    recorded, given = checkpoint["config"], config.result_fields()
+    differing = sorted(key for key in recorded.keys() | given.keys() if recorded.get(key) != given.get(key))
+    if differing:
+        details = ", ".join(f"{key}: {recorded.get(key)!r} then, {given.get(key)!r} now" for key in differing)
+        raise RunDirectoryError(f"--resume needs the interrupted run's arguments; these differ: {details}")
+
+
+def _new_manifest(config: TrainConfig, device: torch.device, determinism: dict, data: Cifar10Data) -> dict:
+    return {
+        "status": "running",
+        "arguments": config.to_dict(),
+        "seed": config.seed,
+        "device": str(device),
+        "determinism": determinism,
+        **environment_facts(),
+        "dataset": {"folder": str(config.dataset_folder), "sha256": data.file_sha256},
+        "model_sha256": None,
+        "started_at": _now(),
+        "resumed_at": [],
+        "finished_at": None,
+    }
+
+
+def run_training(config: TrainConfig, db_password: Secret) -> Path:
+    """Train, validate and record one run; return the final run directory."""
+    run_dir = RunDirectory(config.run_dir)
+    run_dir.check_can_resume() if config.resume else run_dir.check_can_start()
+    device = resolve_device(config.device)
+    checkpoint = run_dir.load_checkpoint() if config.resume else None
+    if checkpoint is not None:
+        _check_resume_matches(checkpoint, config)
+
+    data = get_train_test_data(config.dataset_folder, load_settings(), db_password)
+    if checkpoint is not None and checkpoint["dataset_sha256"] != data.file_sha256:
+        raise RunDirectoryError(f"the dataset in {config.dataset_folder} changed since the interrupted run")
+
+    determinism = configure_determinism(config.deterministic, device)
+    seed_everything(config.seed)
+    model = build_model(len(data.classes), device)
+    optimizer = build_optimizer(model, config.learning_rate, config.momentum)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    session = TrainingSession(config, data, device, model, optimizer, shuffle, run_dir)
+    if checkpoint is None:
+        if config.pretrained_model is not None:
+            load_pretrained(model, config.pretrained_model, device)
+            logger.info("loaded pretrained weights from %s", config.pretrained_model)
+        state = RunState(progress=EpochProgress(epoch=1))
+        run_dir.create()
+        manifest = _new_manifest(config, device, determinism, data)
+        session.save_checkpoint(state)
+    else:
+        state = session.restore(checkpoint)
+        manifest = run_dir.read_json(RUN_FILE)
+        manifest["resumed_at"].append(_now())
+        logger.info("resuming at epoch %d, step %d", state.progress.epoch, state.progress.step)
+    manifest["status"] = "running"
+    run_dir.write_json(RUN_FILE, manifest)
+
+    logger.info("training on %s for %d epoch(s); run directory %s", device, config.num_epochs, run_dir.work_dir)
+    with StopSignals() as stop:
+        try:
+            metrics = session.train_remaining_epochs(state, stop)
+        except BaseException as exc:
+            manifest["status"] = "interrupted" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "failed"
+            run_dir.write_json(RUN_FILE, manifest)
+            raise
+
+    manifest["model_sha256"] = run_dir.save_model(model.state_dict())
+    run_dir.write_json(METRICS_FILE, {**metrics, "history": state.history})
+    run_dir.save_figure(plot_metrics(metrics["test_accuracy"], metrics["class_accuracy"], config.run_name))
+    manifest.update(status="completed", finished_at=_now())
+    run_dir.write_json(RUN_FILE, manifest)
+    return run_dir.finish()
