@@ -1,0 +1,102 @@
+# Self-documenting Makefile (Cookiecutter Data Science style): `make` or `make help` lists the targets.
+# Everything runs in the virtual environment $(VENV), created from the lock files on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATASET ?= data/cifar_dataset
+SAMPLE_DATASET ?= data/sample_dataset
+EXPERIMENTS ?= experiments
+EXPERIMENT ?= local_exp
+RUN_STAMP := $(shell date +%Y%m%d-%H%M%S)
+RUN ?= run-$(RUN_STAMP)
+TRAIN_ARGS ?=
+# The database is mocked: any password does for local runs. Export DB_PASSWORD to use your own.
+DB_PASSWORD ?= local-mock-password
+export DB_PASSWORD
+
+.DEFAULT_GOAL := help
+.PHONY: help requirements lock lint format test test-fast data train demo example build docker-build docker-test clean
+
+## Show this help
+help:
+	@awk '/^## / { doc = substr($$0, 4); next } /^[a-zA-Z_-]+:/ && doc { split($$0, target, ":"); printf "  %-14s %s\n", target[1], doc } { doc = "" }' $(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.prod-installed: $(BIN)/python requirements/requirements-prod.txt pyproject.toml
+	PYTHON=$(BIN)/python bash requirements/requirements-prod.sh
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.prod-installed requirements/requirements-cq.txt requirements/requirements-build.txt requirements/requirements-dev.txt
+	PYTHON=$(BIN)/python bash requirements/requirements-dev.sh
+	touch $@
+
+## Create the venv (.venv) with the dev, code-quality and build requirements and the package (editable)
+requirements: $(VENV)/.dev-installed
+
+## Recompile the requirements/*.txt lock files from the *.in files (after changing a dependency)
+lock: $(VENV)/.dev-installed
+	cd requirements && for set in build cq prod dev; do \
+		../$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+			--no-emit-index-url --no-emit-find-links --output-file=requirements-$$set.txt requirements-$$set.in || exit 1; \
+	done
+
+## Run every pre-commit hook (flake8, black, isort, file checks) on all files
+lint: $(VENV)/.dev-installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pre-commit run --all-files
+
+## Format the code with black and isort
+format: $(VENV)/.dev-installed
+	$(BIN)/isort image_classifier tests benchmarks
+	$(BIN)/black image_classifier tests benchmarks
+
+## Run the whole test suite: pre-commit on all files, then pytest (slow end-to-end tests included)
+test: lint
+	$(BIN)/python -m pytest
+
+## Run only the fast tests (skips the end-to-end ones marked slow)
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -m "not slow"
+
+## Generate the sample dataset (CIFAR-10 file format) into $(SAMPLE_DATASET) if it is missing
+data: $(SAMPLE_DATASET)/metadata.json
+
+$(SAMPLE_DATASET)/metadata.json: | $(VENV)/.prod-installed
+	$(BIN)/python -m image_classifier.data.synthetic --output $(SAMPLE_DATASET) --train-size 5000 --test-size 1000 --seed 0
+
+## Train on $(DATASET) (default: the real CIFAR-10); set EXPERIMENT, RUN and TRAIN_ARGS to change the run
+train: $(VENV)/.prod-installed
+	$(BIN)/image_classifier_trainer --experiment_name $(EXPERIMENT) --run_name $(RUN) \
+		--experiments_folder $(EXPERIMENTS) --dataset_folder $(DATASET) $(TRAIN_ARGS)
+
+## Quick start: set up, generate the sample dataset, train a short run on it, print where the outputs are
+demo: data
+	$(MAKE) --no-print-directory train DATASET=$(SAMPLE_DATASET) EXPERIMENT=demo RUN=$(RUN)
+	@echo "Outputs: $(EXPERIMENTS)/demo/$(RUN)/ (model.pth, metrics.png, metrics.json, run.json)"
+
+## Regenerate the committed example run experiments/local_exp_test/run_1 from the sample dataset
+example: data
+	rm -rf $(EXPERIMENTS)/local_exp_test/run_1
+	$(BIN)/image_classifier_trainer --experiment_name local_exp_test --run_name run_1 \
+		--experiments_folder $(EXPERIMENTS) --dataset_folder $(SAMPLE_DATASET)
+
+## Build the wheel and the sdist into dist/
+build: $(VENV)/.dev-installed
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
+## Build the Docker image (docker/build.sh)
+docker-build:
+	bash docker/build.sh
+
+## Build the image on a local base, train in a container as the workflow does, check the outputs
+docker-test:
+	bash docker/test_image.sh
+
+## Remove build outputs, caches and generated data (keeps $(VENV) and the experiments)
+clean:
+	rm -rf build dist *.egg-info .pytest_cache $(SAMPLE_DATASET) docker/*.whl docker/requirements-prod.*
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install the code-quality requirements, then the git pre-commit hook into the active Python
+# environment (${PYTHON:-python}), hash-checked from the lock file(s).
+# Works executed or sourced, from any directory, and stops at the first error:
+#     source requirements/requirements-cq.sh      or      bash requirements/requirements-cq.sh
+
+# The body runs in a subshell, so that `set -e` stops the install without closing a shell that sourced it.
+_image_classifier_install_cq() (
+    set -euo pipefail
+    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    # shellcheck source=requirements/_install.sh
+    source "$here/_install.sh"
+    install_lock_files "$here" cq
+    install_git_hook "$here/.."
+)
+_image_classifier_install_cq "$@"
