@@ -161,7 +161,8 @@ def configure_logging(verbose: bool) -> None:
     handler = _TqdmHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace our own handler only: calling main() twice in one process must not log everything twice.
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _TqdmHandler)] + [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

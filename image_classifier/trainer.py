@@ -21,7 +21,7 @@ from image_classifier.config import TrainConfig
 from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches
 from image_classifier.data.database import Secret, load_settings
 from image_classifier.errors import RunDirectoryError, UserError
-from image_classifier.model.model import build_model, load_pretrained
+from image_classifier.model.model import build_model, load_weights, read_state_dict
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
 from image_classifier.reproducibility import (
@@ -224,6 +224,10 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
     if checkpoint is not None:
         _check_resume_matches(checkpoint, config)
 
+    pretrained = None
+    if checkpoint is None and config.pretrained_model is not None:
+        pretrained = read_state_dict(config.pretrained_model, device)
+
     data = get_train_test_data(config.dataset_folder, load_settings(), db_password)
     if checkpoint is not None and checkpoint["dataset_sha256"] != data.file_sha256:
         raise RunDirectoryError(f"the dataset in {config.dataset_folder} changed since the interrupted run")
@@ -235,8 +239,8 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
     shuffle = torch.Generator().manual_seed(config.seed)
     session = TrainingSession(config, data, device, model, optimizer, shuffle, run_dir)
     if checkpoint is None:
-        if config.pretrained_model is not None:
-            load_pretrained(model, config.pretrained_model, device)
+        if pretrained is not None:
+            load_weights(model, pretrained, config.pretrained_model)
             logger.info("loaded pretrained weights from %s", config.pretrained_model)
         state = RunState(progress=EpochProgress(epoch=1))
         run_dir.create()

@@ -60,10 +60,14 @@ class Cifar10Data:
 # --- safe unpickling -------------------------------------------------------------------------------------
 
 
+class _ForbiddenContent(pickle.UnpicklingError):
+    """The pickle asks for something a CIFAR-10 batch never needs (a pickle can run any code it names)."""
+
+
 def _encode_latin1(text: str, encoding: str = "utf-8") -> bytes:
     # Python 3 pickles `bytes` at protocol 2 as `_codecs.encode(text, "latin1")`; nothing else is needed.
     if encoding != "latin1":
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+        raise _ForbiddenContent(f"_codecs.encode with encoding {encoding!r} is not allowed")
     return codecs.encode(text, "latin1")
 
 
@@ -92,7 +96,7 @@ class _AllowListUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which CIFAR-10 batches never need") from None
+            raise _ForbiddenContent(f"it refers to {module}.{name}, which CIFAR-10 batches never need") from None
 
 
 def safe_unpickle(payload: bytes, source: Path) -> object:
@@ -100,7 +104,7 @@ def safe_unpickle(payload: bytes, source: Path) -> object:
     try:
         # latin1 is how Python 2 `str` (keys, and numpy's raw bytes) must be decoded, as torchvision does.
         return _AllowListUnpickler(io.BytesIO(payload), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
+    except _ForbiddenContent as exc:
         raise DatasetError(f"refusing to load {source}: {exc}") from None
     except Exception as exc:  # a truncated or garbled file fails in many ways inside pickle and numpy
         raise DatasetError(f"{source} is not a CIFAR-10 batch file ({type(exc).__name__}: {exc})") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -40,20 +39,29 @@ def build_model(num_classes: int, device: torch.device) -> Net:
     return Net(num_classes).to(device)
 
 
-def load_pretrained(model: Net, path: Path, device: torch.device) -> None:
-    """Load a state_dict saved with `torch.save(net.state_dict(), path)` into `model`, in place."""
+def read_state_dict(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """Read a state_dict saved with `torch.save(net.state_dict(), path)`, refusing anything else."""
     if not path.is_file():
         raise PretrainedModelError(f"pretrained model not found: {path}")
     try:
         # weights_only: a .pth is a pickle, and only tensors and plain containers may come out of it.
         state_dict = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
+    except Exception as exc:  # torch.load fails in many ways on a file that is not a checkpoint
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PretrainedModelError(f"{path} is not a PyTorch state_dict file ({first_line})") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise PretrainedModelError(f"{path} does not hold a state_dict (a dict of tensors)")
+    return state_dict
+
+
+def load_weights(model: Net, state_dict: dict[str, torch.Tensor], source: Path) -> None:
+    """Put `state_dict` into `model`, in place; every parameter must be there with the right shape."""
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
-        raise PretrainedModelError(f"{path} does not fit the model: {detail}") from None
+        raise PretrainedModelError(f"{source} does not fit the model: {detail}") from None
+
+
+def load_pretrained(model: Net, path: Path, device: torch.device) -> None:
+    load_weights(model, read_state_dict(path, device), path)

@@ -1,0 +1,60 @@
+"""Shared fixtures: small generated datasets in the real CIFAR-10 file format, and command runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from image_classifier.data.synthetic import generate_dataset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+BIN_DIR = Path(sys.executable).parent
+PASSWORD = "pw-Tr0ub4dor-do-not-leak"
+
+# 300 training images in 5 batch files (as many as torchvision expects) and 97 test images: no batch size used in the tests divides 97.
+TRAIN_SIZE, TEST_SIZE = 300, 97
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """A small generated dataset; read-only by convention (copy it to modify)."""
+    folder = tmp_path_factory.mktemp("dataset")
+    generate_dataset(folder, TRAIN_SIZE, TEST_SIZE, seed=0, train_batches=5)
+    return folder
+
+
+def command(name: str) -> str:
+    """The installed console script of this environment (what a user runs)."""
+    return str(BIN_DIR / name)
+
+
+def trainer_args(dataset: Path, experiments: Path, run_name: str = "r", *extra: str) -> list[str]:
+    return [
+        "--experiment_name",
+        "e",
+        "--run_name",
+        run_name,
+        "--dataset_folder",
+        str(dataset),
+        "--experiments_folder",
+        str(experiments),
+        "--num_epochs",
+        "2",
+        *extra,
+    ]
+
+
+def run_command(args: list[str], cwd: Path | None = None, password: str | None = PASSWORD, **kwargs):
+    env = {k: v for k, v in os.environ.items() if k != "DB_PASSWORD"}
+    if password is not None:
+        env["DB_PASSWORD"] = password
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def run_trainer(*args: str, cwd: Path | None = None, password: str | None = PASSWORD):
+    return run_command([command("image_classifier_trainer"), *args], cwd=cwd, password=password)

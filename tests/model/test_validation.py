@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from image_classifier.data.data import ImageSplit, iterate_batches
+from image_classifier.model.validation import evaluate
+
+
+class FixedPredictions(torch.nn.Module):
+    """Predicts the class stored in the first pixel of each image, so accuracy is known in advance."""
+
+    def forward(self, images):
+        classes = ((images[:, 0, 0, 0] + 1) / 2 * 255).round().long()
+        return torch.nn.functional.one_hot(classes, 3).float()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 7, 10, 97, 200])
+def test_accuracy_is_right_for_every_batch_size(batch_size):
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (97,), generator=generator)
+    predicted = torch.where(torch.rand(97, generator=generator) < 0.6, labels, (labels + 1) % 3)
+    images = predicted.to(torch.uint8).view(97, 1, 1, 1).expand(97, 3, 32, 32).contiguous()
+    split = ImageSplit(images=images, labels=labels)
+
+    metrics = evaluate(FixedPredictions(), iterate_batches(split, batch_size, torch.device("cpu")), ["a", "b", "c"])
+
+    correct = predicted == labels
+    assert metrics["test_accuracy"] == pytest.approx(100 * correct.float().mean().item())
+    for index, name in enumerate("abc"):
+        in_class = labels == index
+        expected = 100 * correct[in_class].float().mean().item()
+        assert metrics["class_accuracy"][name] == pytest.approx(expected)
+    assert list(metrics["class_accuracy"]) == ["a", "b", "c"]

@@ -1,0 +1,186 @@
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from image_classifier.main import build_parser, config_from_args, main
+from image_classifier.model.model import Net
+from tests.conftest import PASSWORD, run_trainer, trainer_args
+
+REQUIRED = ["--experiment_name", "e", "--run_name", "r"]
+
+
+def test_defaults_are_the_seeds(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(REQUIRED)
+    assert (args.learning_rate, args.momentum, args.num_epochs, args.num_workers, args.batch_size) == (
+        0.001,
+        0.9,
+        2,
+        2,
+        4,
+    )
+    assert (args.seed, args.device, args.pretrained_model, args.db_pass) == (0, "auto", None, None)
+    config = config_from_args(args)
+    assert config.experiments_folder == tmp_path / "experiments"
+    assert config.dataset_folder == tmp_path / "data" / "cifar_dataset"
+
+
+def test_pretrained_model_is_relative_to_the_experiments_folder(tmp_path):
+    args = build_parser().parse_args([*REQUIRED, "--experiments_folder", str(tmp_path), "--pretrained_model", "a/b.pth"])
+    assert config_from_args(args).pretrained_model == tmp_path / "a" / "b.pth"
+    args = build_parser().parse_args([*REQUIRED, "--pretrained_model", "/abs/m.pth"])
+    assert config_from_args(args).pretrained_model == Path("/abs/m.pth")
+
+
+def test_every_flag_documents_its_default():
+    help_text = build_parser().format_help()
+    for flag in ("--learning_rate", "--momentum", "--num_epochs", "--num_workers", "--batch_size", "--seed"):
+        assert flag in help_text
+    assert help_text.count("(default:") >= 10
+    assert "no effect on speed or results" in help_text  # --num_workers is moot with in-memory data
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--batch_size", "0"],
+        ["--num_epochs", "-1"],
+        ["--learning_rate", "0"],
+        ["--learning_rate", "abc"],
+        ["--momentum", "1"],
+        ["--momentum", "-0.1"],
+        ["--num_workers", "-1"],
+        ["--checkpoint_every", "-2"],
+        ["--unknown_flag", "1"],
+    ],
+)
+def test_bad_values_are_usage_errors(extra, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*REQUIRED, "--db_pass", "x", *extra])
+    assert exit_info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_password_is_required_from_flag_or_environment(monkeypatch, capsys):
+    monkeypatch.delenv("DB_PASSWORD", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(REQUIRED)
+    assert exit_info.value.code == 2
+    assert "DB_PASSWORD" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["..", "a/b", "white space"])
+def test_bad_names_are_one_line_errors(name, tmp_path, capsys):
+    code = main(["--experiment_name", "e", "--run_name", name, "--experiments_folder", str(tmp_path), "--db_pass", "x"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: invalid run name") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_dataset_is_one_line_error(tmp_path, capsys):
+    code = main([*REQUIRED, "--experiments_folder", str(tmp_path / "x"), "--dataset_folder", str(tmp_path), "--db_pass", "x"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.splitlines()[-1].startswith("error: ") and "metadata.json" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_verbose_adds_the_traceback(tmp_path, capsys):
+    main([*REQUIRED, "--dataset_folder", str(tmp_path), "--experiments_folder", str(tmp_path), "--db_pass", "x", "-v"])
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_in_process_run_logs_nothing_secret_even_at_debug(dataset, tmp_path, caplog, capsys):
+    with caplog.at_level(logging.DEBUG):
+        code = main([*trainer_args(dataset, tmp_path, "r", "--num_epochs", "1"), "--db_pass", PASSWORD, "-v"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "connected to database" in caplog.text
+    for text in (caplog.text, captured.out, captured.err):
+        assert PASSWORD not in text
+    for path in (tmp_path / "e" / "r").iterdir():
+        assert PASSWORD.encode() not in path.read_bytes()
+
+
+@pytest.mark.slow
+def test_end_to_end_from_another_directory(dataset, tmp_path):
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    shutil.copytree(dataset, workdir / "data" / "cifar_dataset")
+    result = run_trainer(
+        "--experiment_name", "e", "--run_name", "r", "--batch_size", "8", "--learning_rate", "0.02", cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = workdir / "experiments" / "e" / "r"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json", "metrics.png", "model.pth", "run.json"]
+    assert f"run written to {run_dir}" in result.stdout
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics["class_accuracy"]) == ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert [entry["epoch"] for entry in metrics["history"]] == [1, 2]
+    assert metrics["history"][-1]["test_accuracy"] == metrics["test_accuracy"]
+    assert set(metrics["history"][0]) == {"epoch", "train_loss", "test_accuracy", "seconds"}
+    assert metrics["test_accuracy"] > 20  # 10 % is chance; generated classes are learnable
+
+    net = Net()  # the notebook's own class loads the weights
+    net.load_state_dict(torch.load(run_dir / "model.pth", weights_only=True))
+
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["device"] == "cpu"
+    assert manifest["arguments"]["batch_size"] == 8 and manifest["arguments"]["dataset_folder"] == str(
+        workdir / "data" / "cifar_dataset"
+    )
+    assert set(manifest["versions"]) >= {"image_classifier", "python", "torch", "torchvision", "numpy"}
+    assert len(manifest["dataset"]["sha256"]) == 8 and manifest["started_at"] and manifest["finished_at"]
+    for path in run_dir.iterdir():
+        assert PASSWORD.encode() not in path.read_bytes()
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_password_on_the_command_line_never_leaks(dataset, tmp_path):
+    result = run_trainer(*trainer_args(dataset, tmp_path, "r", "--num_epochs", "0"), "--db_pass", "cli-secret-42", "-v")
+    assert result.returncode == 0, result.stderr
+    assert "cli-secret-42" not in result.stdout + result.stderr
+    for path in (tmp_path / "e" / "r").iterdir():
+        assert b"cli-secret-42" not in path.read_bytes()
+
+
+@pytest.mark.slow
+def test_existing_run_is_refused_before_any_work(dataset, tmp_path):
+    run_dir = tmp_path / "e" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.pth").write_bytes(b"keep me")
+    result = run_trainer(*trainer_args(dataset, tmp_path, "r"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: run directory {run_dir} already exists; choose another --run_name"
+    assert (run_dir / "model.pth").read_bytes() == b"keep me"
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["r"]
+
+
+@pytest.mark.slow
+def test_zero_epochs_evaluates_a_pretrained_model(dataset, tmp_path):
+    first = run_trainer(*trainer_args(dataset, tmp_path, "trained", "--num_epochs", "1"))
+    assert first.returncode == 0, first.stderr
+    result = run_trainer(*trainer_args(dataset, tmp_path, "eval", "--num_epochs", "0", "--pretrained_model", "e/trained/model.pth"))
+    assert result.returncode == 0, result.stderr
+    trained = json.loads((tmp_path / "e" / "trained" / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "e" / "eval" / "metrics.json").read_text())
+    assert evaluated["history"] == []
+    assert evaluated["test_accuracy"] == trained["test_accuracy"]
+    assert (tmp_path / "e" / "eval" / "model.pth").read_bytes() == (tmp_path / "e" / "trained" / "model.pth").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", [None, b"garbage"])
+def test_bad_pretrained_model_is_one_line_error_and_leaves_nothing(dataset, tmp_path, content):
+    if content is not None:
+        (tmp_path / "bad.pth").write_bytes(content)
+    result = run_trainer(*trainer_args(dataset, tmp_path, "r", "--pretrained_model", str(tmp_path / "bad.pth")))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
+    assert not (tmp_path / "e").exists() or list((tmp_path / "e").iterdir()) == []
