@@ -48,7 +48,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         paths = ("experiments_folder", "dataset_folder", "pretrained_model")
-        return cls(**{key: Path(value) if key in paths and value is not None else value for key, value in values.items()})
+        return cls(
+            **{key: Path(value) if key in paths and value is not None else value for key, value in values.items()}
+        )
 
     def result_fields(self) -> dict:
         """The arguments that determine a run's results, for comparing a resume with its original."""

@@ -1,4 +1,7 @@
-"""Errors a user can cause: `main()` turns each into one `error: ...` line and exit code 1."""
+"""Errors a user can cause, and the clean stop: `main()` turns each into one line and an exit code."""
+
+import signal
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -15,3 +18,12 @@ class PretrainedModelError(UserError):
 
 class RunDirectoryError(UserError):
     """The run directory cannot be created, resumed or finished as asked."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint was written; `--resume` continues it."""
+
+    def __init__(self, signal_number: int, work_dir: Path) -> None:
+        self.exit_code = 128 + signal_number  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+        name = signal.Signals(signal_number).name
+        super().__init__(f"stopped by {name}; the checkpoint is in {work_dir}: rerun the same command with --resume")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from image_classifier import __version__
 from image_classifier.config import TrainConfig
 from image_classifier.data.database import Secret
-from image_classifier.errors import UserError
+from image_classifier.errors import TrainingInterrupted, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -168,22 +168,20 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    password = args.db_pass if args.db_pass is not None else os.environ.get(PASSWORD_ENV)
+def password_from(parser: argparse.ArgumentParser, db_pass: str | None) -> Secret:
+    """The --db_pass value, else $DB_PASSWORD; neither is a usage error (exit 2)."""
+    password = db_pass if db_pass is not None else os.environ.get(PASSWORD_ENV)
     if not password:
         parser.error(f"the database password is required: set {PASSWORD_ENV} or pass --db_pass")
-    configure_logging(args.verbose)
+    return Secret(password)
 
-    # Imported here so that --help and usage errors answer at once, without loading torch.
-    from image_classifier.trainer import TrainingInterrupted, run_training
 
+def exit_code_of(action: Callable[[], int]) -> int:
+    """Run a command's work; a user error becomes one `error: ...` line and exit 1, a stop 130/143."""
     try:
-        config = config_from_args(args)
-        run_dir = run_training(config, Secret(password))
+        return action()
     except UserError as exc:
-        logger.debug("details", exc_info=True)
+        logger.debug("details", exc_info=True)  # the traceback, with --verbose
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except TrainingInterrupted as exc:
@@ -192,8 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print(f"run written to {run_dir}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    password = password_from(parser, args.db_pass)
+    configure_logging(args.verbose)
+
+    def train() -> int:
+        # Imported here so that --help and usage errors answer at once, without loading torch.
+        from image_classifier.trainer import run_training
+
+        run_dir = run_training(config_from_args(args), password)
+        print(f"run written to {run_dir}")
+        return 0
+
+    return exit_code_of(train)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ class RunDirectory:
 
     def check_can_resume(self) -> None:
         if self.final_dir.exists():
-            raise RunDirectoryError(f"run {self.final_dir} is complete; a completed run cannot be resumed or overwritten")
+            raise RunDirectoryError(
+                f"run {self.final_dir} is complete; a completed run cannot be resumed or overwritten"
+            )
         if not (self.work_dir / CHECKPOINT_FILE).is_file():
             raise RunDirectoryError(f"nothing to resume: no checkpoint in {self.work_dir}")
 

@@ -20,7 +20,7 @@ import torch
 from image_classifier.config import TrainConfig
 from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches
 from image_classifier.data.database import Secret, load_settings
-from image_classifier.errors import RunDirectoryError, UserError
+from image_classifier.errors import RunDirectoryError, TrainingInterrupted, UserError
 from image_classifier.model.model import build_model, load_weights, read_state_dict
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
@@ -38,15 +38,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 _PROGRESS_FIELDS = ("epoch", "step", "loss_sum", "window_loss_sum", "seconds")
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped the run after a checkpoint was written; `--resume` continues it."""
-
-    def __init__(self, signal_number: int, work_dir: Path) -> None:
-        self.exit_code = 128 + signal_number
-        name = signal.Signals(signal_number).name
-        super().__init__(f"stopped by {name}; the checkpoint is in {work_dir}: rerun the same command with --resume")
 
 
 class StopSignals:
@@ -259,7 +250,9 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
         try:
             metrics = session.train_remaining_epochs(state, stop)
         except BaseException as exc:
-            manifest["status"] = "interrupted" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "failed"
+            manifest["status"] = (
+                "interrupted" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "failed"
+            )
             run_dir.write_json(RUN_FILE, manifest)
             raise
 

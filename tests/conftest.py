@@ -16,7 +16,8 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures"
 BIN_DIR = Path(sys.executable).parent
 PASSWORD = "pw-Tr0ub4dor-do-not-leak"
 
-# 300 training images in 5 batch files (as many as torchvision expects) and 97 test images: no batch size used in the tests divides 97.
+# 300 training images in 5 batch files (as many as torchvision expects) and 97 test images:
+# no batch size used in the tests divides 97.
 TRAIN_SIZE, TEST_SIZE = 300, 97
 
 

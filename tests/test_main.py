@@ -30,7 +30,9 @@ def test_defaults_are_the_seeds(monkeypatch, tmp_path):
 
 
 def test_pretrained_model_is_relative_to_the_experiments_folder(tmp_path):
-    args = build_parser().parse_args([*REQUIRED, "--experiments_folder", str(tmp_path), "--pretrained_model", "a/b.pth"])
+    args = build_parser().parse_args(
+        [*REQUIRED, "--experiments_folder", str(tmp_path), "--pretrained_model", "a/b.pth"]
+    )
     assert config_from_args(args).pretrained_model == tmp_path / "a" / "b.pth"
     args = build_parser().parse_args([*REQUIRED, "--pretrained_model", "/abs/m.pth"])
     assert config_from_args(args).pretrained_model == Path("/abs/m.pth")
@@ -82,7 +84,9 @@ def test_bad_names_are_one_line_errors(name, tmp_path, capsys):
 
 
 def test_missing_dataset_is_one_line_error(tmp_path, capsys):
-    code = main([*REQUIRED, "--experiments_folder", str(tmp_path / "x"), "--dataset_folder", str(tmp_path), "--db_pass", "x"])
+    code = main(
+        [*REQUIRED, "--experiments_folder", str(tmp_path / "x"), "--dataset_folder", str(tmp_path), "--db_pass", "x"]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.splitlines()[-1].startswith("error: ") and "metadata.json" in err
     assert "Traceback" not in err
@@ -120,7 +124,18 @@ def test_end_to_end_from_another_directory(dataset, tmp_path):
     assert f"run written to {run_dir}" in result.stdout
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert list(metrics["class_accuracy"]) == ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert list(metrics["class_accuracy"]) == [
+        "plane",
+        "car",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     assert [entry["epoch"] for entry in metrics["history"]] == [1, 2]
     assert metrics["history"][-1]["test_accuracy"] == metrics["test_accuracy"]
     assert set(metrics["history"][0]) == {"epoch", "train_loss", "test_accuracy", "seconds"}
@@ -166,13 +181,17 @@ def test_existing_run_is_refused_before_any_work(dataset, tmp_path):
 def test_zero_epochs_evaluates_a_pretrained_model(dataset, tmp_path):
     first = run_trainer(*trainer_args(dataset, tmp_path, "trained", "--num_epochs", "1"))
     assert first.returncode == 0, first.stderr
-    result = run_trainer(*trainer_args(dataset, tmp_path, "eval", "--num_epochs", "0", "--pretrained_model", "e/trained/model.pth"))
+    result = run_trainer(
+        *trainer_args(dataset, tmp_path, "eval", "--num_epochs", "0", "--pretrained_model", "e/trained/model.pth")
+    )
     assert result.returncode == 0, result.stderr
     trained = json.loads((tmp_path / "e" / "trained" / "metrics.json").read_text())
     evaluated = json.loads((tmp_path / "e" / "eval" / "metrics.json").read_text())
     assert evaluated["history"] == []
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
-    assert (tmp_path / "e" / "eval" / "model.pth").read_bytes() == (tmp_path / "e" / "trained" / "model.pth").read_bytes()
+    assert (tmp_path / "e" / "eval" / "model.pth").read_bytes() == (
+        tmp_path / "e" / "trained" / "model.pth"
+    ).read_bytes()
 
 
 @pytest.mark.slow

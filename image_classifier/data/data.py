@@ -125,13 +125,13 @@ def load_classes(dataset_folder: Path) -> tuple[str, ...]:
     """Read the class names, in label order, from `<dataset_folder>/metadata.json`."""
     path = dataset_folder / METADATA_FILE
     if not path.is_file():
-        raise DatasetError(f"{path} not found: it must hold {{\"classes\": [...]}} (see the README)")
+        raise DatasetError(f'{path} not found: it must hold {{"classes": [...]}} (see the README)')
     try:
         classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path} is not valid metadata: expected {{\"classes\": [...]}} ({exc})") from None
+        raise DatasetError(f'{path} is not valid metadata: expected {{"classes": [...]}} ({exc})') from None
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
-        raise DatasetError(f"{path}: \"classes\" must be a list of at least two non-empty names")
+        raise DatasetError(f'{path}: "classes" must be a list of at least two non-empty names')
     if len(set(classes)) != len(classes):
         raise DatasetError(f"{path}: class names must be unique")
     return tuple(classes)
@@ -178,8 +178,7 @@ def _read_file(path: Path, hashes: dict[str, str], dataset_folder: Path) -> byte
 
 def _read_split(paths: list[Path], num_classes: int, hashes: dict[str, str], dataset_folder: Path) -> ImageSplit:
     parts = [
-        parse_batch(safe_unpickle(_read_file(path, hashes, dataset_folder), path), path, num_classes)
-        for path in paths
+        parse_batch(safe_unpickle(_read_file(path, hashes, dataset_folder), path), path, num_classes) for path in paths
     ]
     images = np.concatenate([images for images, _ in parts])
     labels = np.concatenate([labels for _, labels in parts])

@@ -68,7 +68,9 @@ def train_one_epoch(
         progress.loss_sum += loss_value
         progress.window_loss_sum += loss_value
         if progress.step % LOG_EVERY_STEPS == 0:
-            logger.info("[%d, %5d] loss: %.3f", progress.epoch, progress.step, progress.window_loss_sum / LOG_EVERY_STEPS)
+            logger.info(
+                "[%d, %5d] loss: %.3f", progress.epoch, progress.step, progress.window_loss_sum / LOG_EVERY_STEPS
+            )
             progress.window_loss_sum = 0.0
         bar.set_postfix(loss=f"{progress.mean_loss:.3f}", refresh=False)
         if after_step is not None:

@@ -219,7 +219,9 @@ def test_batches_meta_must_agree_with_metadata(dataset, tmp_path):
 
 
 def test_iterate_batches_covers_every_image_once_with_a_smaller_last_batch():
-    split = ImageSplit(images=torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 32, 32), labels=torch.arange(10))
+    split = ImageSplit(
+        images=torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 32, 32), labels=torch.arange(10)
+    )
     order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
     batches = list(iterate_batches(split, 4, torch.device("cpu"), order))
     assert [len(labels) for _, labels in batches] == [4, 4, 2] == [4, 4, 2][: num_batches(10, 4)]

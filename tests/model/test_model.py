@@ -6,9 +6,7 @@ import torch
 from image_classifier.errors import PretrainedModelError
 from image_classifier.model.model import Net, build_model, load_pretrained
 
-NOTEBOOK_KEYS = [
-    f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")
-]
+NOTEBOOK_KEYS = [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")]
 
 
 def test_the_notebooks_architecture():

@@ -1,0 +1,141 @@
+"""Prove a run reproducible: re-run it from its run.json and compare the bytes.
+
+    image_classifier_reproduce experiments/local_exp_test/run_1
+
+The new run goes next to the recorded one as `<run>-repro-<n>`. Exit code 0: model.pth is byte-identical
+and the metrics are equal (wall-clock seconds aside); 1: something differed, and what changed in the
+environment (versions, platform, data, lock files, code) is listed to explain it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from image_classifier.config import TrainConfig
+from image_classifier.data.database import Secret
+from image_classifier.errors import UserError
+from image_classifier.main import PASSWORD_ENV, configure_logging, exit_code_of, password_from
+from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
+from image_classifier.trainer import run_training
+
+TIMING_FIELDS = ("seconds",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="image_classifier_reproduce",
+        description="Re-run a recorded run into <run>-repro-<n> and check that model.pth and the metrics match.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a completed run: <experiments_folder>/<experiment>/<run>")
+    parser.add_argument(
+        "--dataset_folder",
+        type=Path,
+        default=None,
+        help="where the dataset is now, if it moved (default: the folder recorded in run.json)",
+    )
+    parser.add_argument("--db_pass", default=None, help=f"database password (default: ${PASSWORD_ENV})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def next_repro_name(run_dir: Path) -> str:
+    number = 1
+    while any(run_dir.with_name(f"{run_dir.name}-repro-{number}{suffix}").exists() for suffix in ("", ".incomplete")):
+        number += 1
+    return f"{run_dir.name}-repro-{number}"
+
+
+def _without_timing(metrics: dict) -> dict:
+    history = [{k: v for k, v in entry.items() if k not in TIMING_FIELDS} for entry in metrics.get("history", [])]
+    return {**metrics, "history": history}
+
+
+def metric_differences(recorded: dict, reproduced: dict) -> list[str]:
+    recorded, reproduced = _without_timing(recorded), _without_timing(reproduced)
+    return [
+        f"{key}: {recorded.get(key)!r} -> {reproduced.get(key)!r}"
+        for key in sorted(recorded.keys() | reproduced.keys())
+        if recorded.get(key) != reproduced.get(key)
+    ]
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def environment_differences(recorded: dict, reproduced: dict) -> list[str]:
+    """What besides the code path could explain different bytes, from the two run.json manifests."""
+    sections = ("versions", "platform", "git", "lock_files", "dataset", "determinism")
+    before = _flatten({key: recorded.get(key) for key in sections})
+    after = _flatten({key: reproduced.get(key) for key in sections})
+    return [
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key) and key != "dataset.folder"
+    ]
+
+
+def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = None) -> tuple[Path, bool, list[str]]:
+    """Re-run `run_dir`; return the new run directory, whether it matched, and the report's lines."""
+    if not (run_dir / RUN_FILE).is_file():
+        raise UserError(f"{run_dir} is not a completed run: it has no {RUN_FILE}")
+    manifest = read_json(run_dir / RUN_FILE)
+    if manifest.get("status") != "completed":
+        raise UserError(f"{run_dir} did not complete (status {manifest.get('status')!r}); nothing to reproduce")
+    recorded = TrainConfig.from_dict(manifest["arguments"])
+    config = dataclasses.replace(
+        recorded,
+        experiments_folder=run_dir.parent.parent,
+        experiment_name=run_dir.parent.name,
+        run_name=next_repro_name(run_dir),
+        dataset_folder=dataset_folder or recorded.dataset_folder,
+        resume=False,
+    )
+    # CPU kernels split reductions by thread; the same count gives the same order of additions.
+    torch.set_num_threads(manifest["determinism"]["torch_num_threads"])
+    new_dir = run_training(config, password)
+
+    recorded_hash, new_hash = sha256_of(run_dir / MODEL_FILE), sha256_of(new_dir / MODEL_FILE)
+    metric_changes = metric_differences(read_json(run_dir / METRICS_FILE), read_json(new_dir / METRICS_FILE))
+    environment_changes = environment_differences(manifest, read_json(new_dir / RUN_FILE))
+    matched = recorded_hash == new_hash and not metric_changes
+    lines = [
+        f"recorded   model.pth sha256 {recorded_hash}  {run_dir}",
+        f"reproduced model.pth sha256 {new_hash}  {new_dir}",
+        "model.pth: identical" if recorded_hash == new_hash else "model.pth: DIFFERENT",
+        "metrics: identical" if not metric_changes else "metrics: DIFFERENT",
+        *(f"  {line}" for line in metric_changes),
+        "environment: unchanged" if not environment_changes else "environment: changed",
+        *(f"  {line}" for line in environment_changes),
+        "REPRODUCED" if matched else "NOT REPRODUCED",
+    ]
+    return new_dir, matched, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    password = password_from(parser, args.db_pass)
+    configure_logging(args.verbose)
+    dataset_folder = args.dataset_folder.resolve() if args.dataset_folder else None
+
+    def check() -> int:
+        _, matched, lines = reproduce(args.run_dir.resolve(), password, dataset_folder)
+        print("\n".join(lines))
+        return 0 if matched else 1
+
+    return exit_code_of(check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Run the trainer and signal its own process at an exact point, so recovery tests are deterministic.
+
+    python tests/fault_injection.py KILL train:<epoch>:<step> <trainer arguments...>
+    python tests/fault_injection.py TERM evaluate:<n> ...      (on the first batch of the n-th evaluation)
+    python tests/fault_injection.py INT saved:<epoch>:<step> ...  (just after that checkpoint is written)
+
+The signal is real (os.kill on itself): SIGKILL ends the process on the spot, SIGTERM and SIGINT go
+through the trainer's handlers. Only this test helper patches the trainer; the package has no test hooks.
+"""
+
+import os
+import signal
+import sys
+
+from image_classifier import trainer
+from image_classifier.main import main
+
+
+def inject(signal_name: str, point: str) -> None:
+    sig = getattr(signal, f"SIG{signal_name}")
+    kind, *numbers = point.split(":")
+    where = tuple(int(n) for n in numbers)
+
+    if kind == "train":
+        train_one_epoch = trainer.train_one_epoch
+
+        def patched_train(model, batches, optimizer, progress, total_steps, after_step=None):
+            def hooked(progress):
+                if (progress.epoch, progress.step) == where:
+                    os.kill(os.getpid(), sig)
+                after_step(progress)
+
+            return train_one_epoch(model, batches, optimizer, progress, total_steps, hooked)
+
+        trainer.train_one_epoch = patched_train
+    elif kind == "evaluate":
+        evaluate, calls = trainer.evaluate, []
+
+        def patched_evaluate(model, batches, classes, total_steps=None, after_step=None):
+            calls.append(1)
+            fired = []
+
+            def hooked():
+                if len(calls) == where[0] and not fired:
+                    fired.append(1)
+                    os.kill(os.getpid(), sig)
+                after_step()
+
+            return evaluate(model, batches, classes, total_steps, hooked)
+
+        trainer.evaluate = patched_evaluate
+    elif kind == "saved":
+        save_checkpoint = trainer.TrainingSession.save_checkpoint
+
+        def patched_save(self, state):
+            save_checkpoint(self, state)
+            if (state.progress.epoch, state.progress.step) == where:
+                os.kill(os.getpid(), sig)
+
+        trainer.TrainingSession.save_checkpoint = patched_save
+    else:
+        raise SystemExit(f"unknown point {point!r}")
+
+
+if __name__ == "__main__":
+    inject(sys.argv[1], sys.argv[2])
+    sys.exit(main(sys.argv[3:]))

@@ -1,0 +1,153 @@
+"""Bit-for-bit reproducibility, crash recovery and the proof command, through the installed commands."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from image_classifier.reproduce import environment_differences, metric_differences
+from tests.conftest import REPO_ROOT, command, run_command, run_trainer, trainer_args
+
+pytestmark = pytest.mark.slow
+
+FAULT_INJECTION = str(REPO_ROOT / "tests" / "fault_injection.py")
+
+
+def read_metrics(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for entry in metrics["history"]:
+        entry.pop("seconds")  # wall-clock time is the one thing that may differ
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory) -> Path:
+    """One uninterrupted run that every other run here must match."""
+    experiments = tmp_path_factory.mktemp("reference")
+    result = run_trainer(*trainer_args(dataset, experiments, "reference"))
+    assert result.returncode == 0, result.stderr
+    return experiments / "e" / "reference"
+
+
+def run_with_fault(signal_name: str, point: str, *args: str):
+    return run_command([sys.executable, FAULT_INJECTION, signal_name, point, *args], cwd=REPO_ROOT)
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    assert (run_dir / "model.pth").read_bytes() == (reference / "model.pth").read_bytes()
+    assert read_metrics(run_dir) == read_metrics(reference)
+
+
+def test_same_arguments_give_identical_bytes_and_another_seed_does_not(dataset, tmp_path, reference):
+    assert run_trainer(*trainer_args(dataset, tmp_path, "again", "--num_workers", "0")).returncode == 0
+    assert_same_run(tmp_path / "e" / "again", reference)
+    assert run_trainer(*trainer_args(dataset, tmp_path, "seed1", "--seed", "1")).returncode == 0
+    assert (tmp_path / "e" / "seed1" / "model.pth").read_bytes() != (reference / "model.pth").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "point, extra",
+    [
+        ("train:1:3", []),  # early in epoch 1: only the start-of-run checkpoint exists
+        ("train:2:37", ["--checkpoint_every", "10"]),  # inside epoch 2, after a mid-epoch checkpoint
+        ("saved:2:0", []),  # between epochs, right after the end-of-epoch checkpoint
+        ("evaluate:1", []),  # during the first evaluation
+        ("evaluate:2", ["--checkpoint_every", "7"]),  # during the last evaluation
+    ],
+)
+def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_bytes(dataset, tmp_path, reference, point, extra):
+    args = trainer_args(dataset, tmp_path, "crashed", *extra)
+    killed = run_with_fault("KILL", point, *args)
+    assert killed.returncode == -9, killed.stderr
+    assert not (tmp_path / "e" / "crashed").exists()
+    assert (tmp_path / "e" / "crashed.incomplete" / "checkpoint.pt").is_file()
+
+    resumed = run_trainer(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "e" / "crashed", reference)
+    manifest = json.loads((tmp_path / "e" / "crashed" / "run.json").read_text())
+    assert manifest["status"] == "completed" and len(manifest["resumed_at"]) == 1
+    assert not (tmp_path / "e" / "crashed" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("signal_name, point, exit_code", [("TERM", "train:1:20", 143), ("INT", "evaluate:2", 130)])
+def test_sigterm_and_ctrl_c_stop_cleanly_with_a_checkpoint(dataset, tmp_path, reference, signal_name, point, exit_code):
+    args = trainer_args(dataset, tmp_path, "stopped")
+    stopped = run_with_fault(signal_name, point, *args)
+    assert stopped.returncode == exit_code, stopped.stderr
+    assert "--resume" in stopped.stderr and "Traceback" not in stopped.stderr
+    work_dir = tmp_path / "e" / "stopped.incomplete"
+    assert (work_dir / "checkpoint.pt").is_file()
+    assert json.loads((work_dir / "run.json").read_text())["status"] == "interrupted"
+
+    resumed = run_trainer(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "e" / "stopped", reference)
+
+
+def test_resume_refusals(dataset, tmp_path):
+    nothing = run_trainer(*trainer_args(dataset, tmp_path, "never", "--resume"))
+    assert nothing.returncode == 1 and "nothing to resume" in nothing.stderr
+
+    args = trainer_args(dataset, tmp_path, "r")
+    assert run_with_fault("KILL", "train:1:5", *args).returncode == -9
+    restart = run_trainer(*args)
+    assert restart.returncode == 1 and "--resume" in restart.stderr
+    changed = run_trainer(*args, "--resume", "--seed", "5", "--learning_rate", "0.01")
+    assert changed.returncode == 1
+    assert "learning_rate: 0.001 then, 0.01 now" in changed.stderr and "seed: 0 then, 5 now" in changed.stderr
+
+    assert run_trainer(*args, "--resume", "--num_workers", "0").returncode == 0  # workers never change results
+    again = run_trainer(*args, "--resume")
+    assert again.returncode == 1 and "cannot be resumed or overwritten" in again.stderr
+
+
+def test_reproduce_passes_on_a_fresh_run(reference):
+    # Reproduce into a copy, so that the shared reference run stays as it is.
+    copy = reference.parent.parent / "copy" / "e" / "reference"
+    shutil.copytree(reference, copy)
+    result = run_command([command("image_classifier_reproduce"), str(copy)])
+    assert result.returncode == 0, result.stderr
+    assert "REPRODUCED" in result.stdout and "environment: unchanged" in result.stdout
+    digest = json.loads((copy / "run.json").read_text())["model_sha256"]
+    assert result.stdout.count(digest) == 2
+    assert (copy.parent / "reference-repro-1" / "model.pth").read_bytes() == (copy / "model.pth").read_bytes()
+
+
+def test_reproduce_fails_and_names_the_data_when_the_dataset_changed(dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    assert run_trainer(*trainer_args(data, tmp_path, "r", "--num_epochs", "1")).returncode == 0
+    batch = data / "cifar-10-batches-py" / "data_batch_2"
+    payload = bytearray(batch.read_bytes())
+    payload[-5000:-4000] = bytes(255 - b for b in payload[-5000:-4000])  # invert some pixels
+    batch.write_bytes(bytes(payload))
+
+    result = run_command([command("image_classifier_reproduce"), str(tmp_path / "e" / "r")])
+    assert result.returncode == 1, result.stderr
+    assert "NOT REPRODUCED" in result.stdout and "model.pth: DIFFERENT" in result.stdout
+    assert "dataset.sha256.cifar-10-batches-py/data_batch_2" in result.stdout
+
+
+def test_reproduce_refuses_what_is_not_a_completed_run(tmp_path):
+    result = run_command([command("image_classifier_reproduce"), str(tmp_path)])
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "no run.json" in result.stderr
+
+
+def test_difference_reports():
+    assert (
+        metric_differences(
+            {"test_accuracy": 50.0, "history": [{"epoch": 1, "seconds": 1}]},
+            {
+                "test_accuracy": 50.0,
+                "history": [{"epoch": 1, "seconds": 2}],
+            },
+        )
+        == []
+    )
+    assert metric_differences({"test_accuracy": 50.0}, {"test_accuracy": 51.0}) == ["test_accuracy: 50.0 -> 51.0"]
+    before = {"versions": {"torch": "2.14.1"}, "dataset": {"folder": "/a", "sha256": {"x": "1"}}}
+    after = {"versions": {"torch": "2.15.0"}, "dataset": {"folder": "/b", "sha256": {"x": "1"}}}
+    assert environment_differences(before, after) == ["versions.torch: '2.14.1' -> '2.15.0'"]
