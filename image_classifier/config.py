@@ -53,8 +53,12 @@ class TrainConfig:
         )
 
     def result_fields(self) -> dict:
-        """The arguments that determine a run's results, for comparing a resume with its original."""
-        return {key: value for key, value in self.to_dict().items() if key not in RESULT_NEUTRAL_FIELDS}
+        """The arguments that determine a run's results, paths made absolute, to compare a resume with its run."""
+        return {
+            key: str(value.resolve()) if isinstance(value, Path) else value
+            for key, value in asdict(self).items()
+            if key not in RESULT_NEUTRAL_FIELDS
+        }
 
 
 def check_name(label: str, name: str) -> None:

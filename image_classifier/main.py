@@ -123,15 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    experiments_folder = args.experiments_folder.resolve()
+    # Paths stay as given (relative to the working directory): run.json then holds no machine's layout.
     pretrained = args.pretrained_model
     if pretrained is not None and not pretrained.is_absolute():
-        pretrained = experiments_folder / pretrained
+        pretrained = args.experiments_folder / pretrained
     return TrainConfig(
         experiment_name=args.experiment_name,
         run_name=args.run_name,
-        experiments_folder=experiments_folder,
-        dataset_folder=args.dataset_folder.resolve(),
+        experiments_folder=args.experiments_folder,
+        dataset_folder=args.dataset_folder,
         learning_rate=args.learning_rate,
         momentum=args.momentum,
         num_epochs=args.num_epochs,

@@ -127,10 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     password = password_from(parser, args.db_pass)
     configure_logging(args.verbose)
-    dataset_folder = args.dataset_folder.resolve() if args.dataset_folder else None
 
     def check() -> int:
-        _, matched, lines = reproduce(args.run_dir.resolve(), password, dataset_folder)
+        _, matched, lines = reproduce(args.run_dir, password, args.dataset_folder)
         print("\n".join(lines))
         return 0 if matched else 1
 

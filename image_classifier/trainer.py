@@ -258,7 +258,8 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
 
     manifest["model_sha256"] = run_dir.save_model(model.state_dict())
     run_dir.write_json(METRICS_FILE, {**metrics, "history": state.history})
-    run_dir.save_figure(plot_metrics(metrics["test_accuracy"], metrics["class_accuracy"], config.run_name))
+    title = f"{config.experiment_name}/{config.run_name}: test accuracy per class and in total"
+    run_dir.save_figure(plot_metrics(metrics["test_accuracy"], metrics["class_accuracy"], title))
     manifest.update(status="completed", finished_at=_now())
     run_dir.write_json(RUN_FILE, manifest)
     return run_dir.finish()

@@ -29,3 +29,4 @@ def test_dict_round_trip_and_result_fields():
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert config.to_dict()["pretrained_model"] == "/x/e/r0/model.pth"
     assert "num_workers" not in config.result_fields() and "seed" in config.result_fields()
+    assert make(dataset_folder=Path("rel")).result_fields()["dataset_folder"] == str(Path("rel").resolve())
