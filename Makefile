@@ -98,5 +98,5 @@ docker-test:
 
 ## Remove build outputs, caches and generated data (keeps $(VENV) and the experiments)
 clean:
-	rm -rf build dist *.egg-info .pytest_cache $(SAMPLE_DATASET) docker/*.whl docker/requirements-prod.*
+	rm -rf build dist *.egg-info .pytest_cache $(SAMPLE_DATASET) docker/*.whl docker/requirements-prod.* docker/_install.sh
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Train in the container as the training workflow does; the arguments go to image_classifier_trainer.
+#     DB_PASSWORD=... bash docker/run_training.sh --experiment_name e --run_name r --dataset_folder /data/cifar_dataset
+# DATA_DIR (default: data) is mounted read-only at /data, EXPERIMENTS_DIR (default: experiments) at
+# /experiments. The container runs as RUN_AS (default: the invoking user's uid:gid), so the outputs belong
+# to that user. The password travels as an environment variable, never on a command line.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/configure.sh"
+
+: "${DB_PASSWORD:?set DB_PASSWORD (the database password)}"
+data_dir="$(cd "${DATA_DIR:-data}" && pwd)"
+experiments_dir="${EXPERIMENTS_DIR:-experiments}"
+mkdir -p "$experiments_dir"
+experiments_dir="$(cd "$experiments_dir" && pwd)"
+
+docker run --rm \
+    --user "${RUN_AS:-$(id -u):$(id -g)}" \
+    --env DB_PASSWORD \
+    --volume "$data_dir:/data:ro" \
+    --volume "$experiments_dir:/experiments" \
+    "$IMAGE" "$@"

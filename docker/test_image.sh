@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Build the training image with docker/build.sh and train in a container exactly as the training workflow
+# does, then check the outputs on the host. `make docker-test`; CI runs it.
+#
+# On a machine without a running Docker engine or registry access (like our CI machines) it first sets up,
+# as root, what is missing, and stops at the end what it started:
+#   - Debian's docker.io engine, started with its own data root and socket under $WORK;
+#   - a local base image (debootstrap bookworm with python3) carrying the host's CA bundle, so that pip in
+#     the build can verify TLS here: this test base is the only image that needs it;
+#   - a wheelhouse of the locked production requirements, served on 127.0.0.1 as the build's pip index
+#     (the Dockerfile's PIP_INDEX_URL), so the 5 GB of PyTorch come from this machine's disk.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+WORK="${WORK:-/tmp/image-classifier-docker-test}"
+TEST_BASE_IMAGE="image-classifier-test-base:bookworm"
+PYTHON="${PYTHON:-$repo/.venv/bin/python}"
+started_pids=()
+
+log() { printf '== %s\n' "$*" >&2; }
+
+cleanup() {
+    local pid
+    for pid in "${started_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK/wheelhouse" "$WORK/run"
+}
+trap cleanup EXIT
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: $1, and setting it up needs root" >&2
+        exit 1
+    fi
+}
+
+start_engine() {
+    if docker info >/dev/null 2>&1; then
+        return
+    fi
+    need_root "no Docker engine answers"
+    if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+        log "installing Debian's docker.io and debootstrap"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >/dev/null
+    fi
+    mkdir -p "$WORK/engine"
+    export DOCKER_HOST="unix://$WORK/engine/docker.sock"
+    if ! docker info >/dev/null 2>&1; then
+        log "starting dockerd ($DOCKER_HOST)"
+        dockerd --data-root "$WORK/engine/data" --exec-root "$WORK/engine/exec" --pidfile "$WORK/engine/docker.pid" \
+            -H "$DOCKER_HOST" --storage-driver overlay2 >"$WORK/engine/dockerd.log" 2>&1 &
+        started_pids+=("$!")
+        for _ in $(seq 60); do
+            docker info >/dev/null 2>&1 && break
+            sleep 1
+        done
+        docker info >/dev/null || { tail -20 "$WORK/engine/dockerd.log" >&2; exit 1; }
+    fi
+}
+
+make_base_image() {
+    if docker image inspect "$TEST_BASE_IMAGE" >/dev/null 2>&1; then
+        return
+    fi
+    need_root "no base image"
+    log "building the local base image $TEST_BASE_IMAGE with debootstrap"
+    local rootfs="$WORK/rootfs"
+    rm -rf "$rootfs"
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+        http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
+    cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+    tar -C "$rootfs" -c . | docker import - "$TEST_BASE_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+}
+
+serve_wheelhouse() {
+    log "collecting the locked production wheels"
+    local wheelhouse="$WORK/wheelhouse"
+    rm -rf "$wheelhouse"
+    "$PYTHON" -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+        -r "$repo/requirements/requirements-prod.txt" -d "$wheelhouse"
+    # A PEP 503 "simple" index over the files: one folder per normalised project name.
+    "$PYTHON" - "$wheelhouse" <<'PY'
+import re, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+for wheel in root.glob("*.whl"):
+    project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+    page = root / "simple" / project
+    page.mkdir(parents=True, exist_ok=True)
+    with (page / "index.html").open("a") as index:
+        index.write(f'<a href="../../{wheel.name}">{wheel.name}</a><br>\n')
+PY
+    local port
+    port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$wheelhouse" "$port" >"$WORK/http.log" 2>&1 &
+    started_pids+=("$!")
+    INDEX_URL="http://127.0.0.1:$port/simple/"
+}
+
+mkdir -p "$WORK"
+[ -x "$PYTHON" ] || make -C "$repo" requirements
+start_engine
+make_base_image
+serve_wheelhouse
+
+log "building the image with docker/build.sh"
+BASE_IMAGE="$TEST_BASE_IMAGE" PYTHON="$PYTHON" \
+    DOCKER_BUILD_ARGS="--network host --build-arg PIP_INDEX_URL=$INDEX_URL" bash "$here/build.sh"
+source "$here/configure.sh"
+[ "$(docker image inspect --format '{{.Config.User}}' "$IMAGE")" = "1000:1000" ]
+
+log "training in a container, as .github/workflows/training.yaml does"
+run="$WORK/run"
+mkdir -p "$run/data" "$run/experiments"
+"$PYTHON" -m image_classifier.data.synthetic --output "$run/data/sample_dataset" --train-size 500 --test-size 100
+# CI runs as root; train as GitHub's runner user (uid 1001), which owns the workspace there.
+run_as="$(id -u):$(id -g)"
+if [ "$(id -u)" -eq 0 ]; then
+    run_as="1001:1001"
+    chown 1001:1001 "$run/experiments"
+fi
+password="docker-test-secret-$RANDOM"
+output="$(cd "$run" && DB_PASSWORD="$password" RUN_AS="$run_as" bash "$here/run_training.sh" \
+    --experiment_name docker_test --run_name run_1 --dataset_folder /data/sample_dataset --num_epochs 1 2>&1)" \
+    || { echo "$output" >&2; exit 1; }
+echo "$output" | tail -3
+
+log "checking the outputs on the host"
+run_dir="$run/experiments/docker_test/run_1"
+for name in model.pth metrics.png metrics.json run.json; do
+    [ -s "$run_dir/$name" ] || { echo "error: $run_dir/$name is missing" >&2; exit 1; }
+    [ "$(stat -c '%u:%g' "$run_dir/$name")" = "$run_as" ] || { echo "error: $name is not owned by $run_as" >&2; exit 1; }
+done
+if grep -rq "$password" "$run_dir" || grep -q "$password" <<<"$output"; then
+    echo "error: the password leaked into the outputs or the log" >&2
+    exit 1
+fi
+if docker history --no-trunc "$IMAGE" | grep -q "$password"; then
+    echo "error: the password is in the image's layers" >&2
+    exit 1
+fi
+"$PYTHON" - "$run_dir" <<'PY'
+import json, sys
+from pathlib import Path
+run_dir = Path(sys.argv[1])
+metrics = json.loads((run_dir / "metrics.json").read_text())
+manifest = json.loads((run_dir / "run.json").read_text())
+assert manifest["status"] == "completed" and manifest["device"] == "cpu", manifest
+assert len(metrics["class_accuracy"]) == 10 and len(metrics["history"]) == 1, metrics
+print(f"container run: test accuracy {metrics['test_accuracy']:.1f} %, python {manifest['versions']['python']}")
+PY
+log "docker test passed: $IMAGE"
