@@ -8,11 +8,11 @@ the epoch's data order, every RNG state, the metrics so far), so `--resume` fini
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,7 +37,6 @@ from image_classifier.visualization.plot import plot_metrics
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-_PROGRESS_FIELDS = ("epoch", "step", "loss_sum", "window_loss_sum", "seconds")
 
 
 class StopSignals:
@@ -65,13 +64,13 @@ class StopSignals:
         logger.warning("%s received: stopping after this step", signal.Signals(signal_number).name)
 
 
-@dataclass
+@dataclasses.dataclass
 class RunState:
     """What changes as the run goes on; saved in every checkpoint."""
 
     progress: EpochProgress
     order: torch.Tensor | None = None  # this epoch's data order, drawn when the epoch starts
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = dataclasses.field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,7 +89,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainingSession:
     """The fixed parts of a run, with the operations that need several of them at once."""
 
@@ -103,14 +102,13 @@ class TrainingSession:
     run_dir: RunDirectory
 
     def save_checkpoint(self, state: RunState) -> None:
-        progress = state.progress
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.result_fields(),
             "dataset_sha256": self.data.file_sha256,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "progress": {key: getattr(progress, key) for key in _PROGRESS_FIELDS},
+            "progress": dataclasses.asdict(state.progress),
             "order": state.order,
             "history": state.history,
             "rng": {**capture_rng_state(), "shuffle": self.shuffle.get_state()},
@@ -209,7 +207,10 @@ def _new_manifest(config: TrainConfig, device: torch.device, determinism: dict, 
 def run_training(config: TrainConfig, db_password: Secret) -> Path:
     """Train, validate and record one run; return the final run directory."""
     run_dir = RunDirectory(config.run_dir)
-    run_dir.check_can_resume() if config.resume else run_dir.check_can_start()
+    if config.resume:
+        run_dir.check_can_resume()
+    else:
+        run_dir.check_can_start()  # before any work: a refused run touches nothing
     device = resolve_device(config.device)
     checkpoint = run_dir.load_checkpoint() if config.resume else None
     if checkpoint is not None:

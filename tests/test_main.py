@@ -84,11 +84,12 @@ def test_bad_names_are_one_line_errors(name, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_dataset_is_one_line_error(tmp_path, capsys):
+def test_missing_dataset_is_one_line_error_without_the_password(tmp_path, capsys):
     code = main(
-        [*REQUIRED, "--experiments_folder", str(tmp_path / "x"), "--dataset_folder", str(tmp_path), "--db_pass", "x"]
+        [*REQUIRED, "--experiments_folder", str(tmp_path / "x"), "--dataset_folder", str(tmp_path), "--db_pass", PASSWORD]
     )
     err = capsys.readouterr().err
+    assert PASSWORD not in err
     assert code == 1 and err.splitlines()[-1].startswith("error: ") and "metadata.json" in err
     assert "Traceback" not in err
     assert not (tmp_path / "x").exists()
