@@ -86,7 +86,15 @@ def test_bad_names_are_one_line_errors(name, tmp_path, capsys):
 
 def test_missing_dataset_is_one_line_error_without_the_password(tmp_path, capsys):
     code = main(
-        [*REQUIRED, "--experiments_folder", str(tmp_path / "x"), "--dataset_folder", str(tmp_path), "--db_pass", PASSWORD]
+        [
+            *REQUIRED,
+            "--experiments_folder",
+            str(tmp_path / "x"),
+            "--dataset_folder",
+            str(tmp_path),
+            "--db_pass",
+            PASSWORD,
+        ]
     )
     err = capsys.readouterr().err
     assert PASSWORD not in err
