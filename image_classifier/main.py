@@ -50,16 +50,31 @@ positive_float = _checked(float, lambda v: v > 0, "greater than 0")
 momentum_float = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show "(default: ...)" where there is a default to show, not "None" on required or bare flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default in (None, False):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="image_classifier_trainer",
         description="Train the CIFAR-10 tutorial CNN and write model.pth, metrics.png, metrics.json and run.json "
         "to <experiments_folder>/<experiment_name>/<run_name>/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--experiment_name", required=True, help="experiment folder name (letters, digits, . _ -)")
-    run.add_argument("--run_name", required=True, help="run folder name inside the experiment (letters, digits, . _ -)")
+    run.add_argument(
+        "--experiment_name", required=True, help="experiment folder name (letters, digits, . _ -); required"
+    )
+    run.add_argument(
+        "--run_name",
+        required=True,
+        help="run folder name inside the experiment (letters, digits, . _ -); required",
+    )
     run.add_argument("--experiments_folder", type=Path, default=Path("experiments"), help="where runs are written")
     run.add_argument(
         "--dataset_folder",
@@ -102,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deterministic",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="use only deterministic kernels (no effect on speed on the CPU; --no-deterministic may be faster on GPUs)",
+        help="use only deterministic kernels; --no-deterministic lets PyTorch pick faster, nondeterministic GPU ones",
     )
 
     recovery = parser.add_argument_group("checkpoints")
