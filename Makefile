@@ -16,7 +16,7 @@ DB_PASSWORD ?= local-mock-password
 export DB_PASSWORD
 
 .DEFAULT_GOAL := help
-.PHONY: help requirements lock lint format test test-fast data train demo example build docker-build docker-test clean
+.PHONY: help requirements lock lint format test test-fast data train demo example reproduce build docker-build docker-test clean
 
 ## Show this help
 help:
@@ -83,6 +83,10 @@ example: data
 	rm -rf $(EXPERIMENTS)/local_exp_test/run_1
 	$(BIN)/image_classifier_trainer --experiment_name local_exp_test --run_name run_1 \
 		--experiments_folder $(EXPERIMENTS) --dataset_folder $(SAMPLE_DATASET)
+
+## Re-run a recorded run and check that it gives the same bytes (RUN_DIR=experiments/local_exp_test/run_1)
+reproduce: data
+	$(BIN)/image_classifier_reproduce $(or $(RUN_DIR),experiments/local_exp_test/run_1)
 
 ## Build the wheel and the sdist into dist/
 build: $(VENV)/.dev-installed
