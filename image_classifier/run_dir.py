@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -110,14 +109,15 @@ class RunDirectory:
     # --- the end ---
 
     def finish(self) -> Path:
-        """Drop the checkpoint and publish the run under its final name in one rename."""
-        (self.work_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        """Publish the run under its final name in one rename, then drop the checkpoint.
+
+        In this order a kill in between leaves a complete run with a spare checkpoint, never an unfinished
+        directory without one (which could neither be resumed nor restarted).
+        """
         os.replace(self.work_dir, self.final_dir)
         _fsync_dir(self.final_dir.parent)
+        (self.final_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
         return self.final_dir
-
-    def discard(self) -> None:
-        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _replace_atomically(self, name: str, write) -> None:
         # Write a sibling, flush it to disk, then rename over the old file: a kill at any moment leaves
