@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -46,7 +47,7 @@ def _checked(convert: Callable, accept: Callable, requirement: str) -> Callable:
 
 positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _checked(int, lambda v: v >= 0, "zero or more")
-positive_float = _checked(float, lambda v: v > 0, "greater than 0")
+positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite number greater than 0")
 momentum_float = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 

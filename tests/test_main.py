@@ -57,6 +57,8 @@ def test_every_flag_documents_its_default():
         ["--num_epochs", "-1"],
         ["--learning_rate", "0"],
         ["--learning_rate", "abc"],
+        ["--learning_rate", "inf"],
+        ["--learning_rate", "nan"],
         ["--momentum", "1"],
         ["--momentum", "-0.1"],
         ["--num_workers", "-1"],

@@ -15,7 +15,10 @@ def summary(run_dir: Path) -> str:
         "",
         "| class | test accuracy (%) |",
         "| --- | ---: |",
-        *(f"| {name} | {accuracy:.2f} |" for name, accuracy in metrics["class_accuracy"].items()),
+        *(
+            f"| {name} | {'n/a' if accuracy is None else f'{accuracy:.2f}'} |"
+            for name, accuracy in metrics["class_accuracy"].items()
+        ),
         f"| **total** | **{metrics['test_accuracy']:.2f}** |",
     ]
     return "\n".join(lines) + "\n"

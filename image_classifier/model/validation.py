@@ -17,7 +17,7 @@ def evaluate(
     total_steps: int | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> dict:
-    """Return {"test_accuracy": %, "class_accuracy": {class: %}} over all `batches`.
+    """Return {"test_accuracy": %, "class_accuracy": {class: % or None}} over all `batches`.
 
     Counts are accumulated per class with `bincount`, so a last batch smaller than the others (a test set
     that the batch size does not divide) counts exactly like the rest.
@@ -36,8 +36,9 @@ def evaluate(
     total_seen = int(seen.sum())
     if total_seen == 0:
         raise ValueError("evaluate() got no images")
+    # None (JSON null) for a class with no test image: NaN would not be valid JSON, nor equal to itself.
     class_accuracy = {
-        name: 100.0 * int(correct[index]) / int(seen[index]) if seen[index] else float("nan")
+        name: 100.0 * int(correct[index]) / int(seen[index]) if seen[index] else None
         for index, name in enumerate(classes)
     }
     return {"test_accuracy": 100.0 * int(correct.sum()) / total_seen, "class_accuracy": class_accuracy}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 
 
-def plot_metrics(test_accuracy: float, class_accuracy: dict[str, float], title: str = "") -> Figure:
+def plot_metrics(test_accuracy: float, class_accuracy: dict[str, float | None], title: str = "") -> Figure:
     """Return a figure with one bar per class and a last "total" bar, each labelled with its value.
 
     A bare `Figure` (not pyplot) needs no display backend and leaves no global state behind.
@@ -15,8 +15,10 @@ def plot_metrics(test_accuracy: float, class_accuracy: dict[str, float], title: 
     colors = ["tab:blue"] * len(class_accuracy) + ["tab:orange"]
     figure = Figure(figsize=(10, 5), layout="constrained")
     axes = figure.subplots()
-    bars = axes.bar(names, values, color=colors)
-    axes.bar_label(bars, labels=[f"{value:.1f}" for value in values], padding=2)
+    bars = axes.bar(names, [value or 0.0 for value in values], color=colors)
+    # A class without test images has no accuracy (None): an empty bar labelled n/a.
+    labels = ["n/a" if value is None else f"{value:.1f}" for value in values]
+    axes.bar_label(bars, labels=labels, padding=2)
     axes.set_ylim(0, 105)
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title or "Test accuracy per class and in total")

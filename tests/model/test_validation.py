@@ -30,3 +30,11 @@ def test_accuracy_is_right_for_every_batch_size(batch_size):
         expected = 100 * correct[in_class].float().mean().item()
         assert metrics["class_accuracy"][name] == pytest.approx(expected)
     assert list(metrics["class_accuracy"]) == ["a", "b", "c"]
+
+
+def test_a_class_absent_from_the_test_set_has_no_accuracy():
+    labels = torch.tensor([0, 0, 1])
+    split = ImageSplit(images=labels.to(torch.uint8).view(3, 1, 1, 1).expand(3, 3, 32, 32).contiguous(), labels=labels)
+    metrics = evaluate(FixedPredictions(), iterate_batches(split, 2, torch.device("cpu")), ["a", "b", "c"])
+    assert metrics["class_accuracy"] == {"a": 100.0, "b": 100.0, "c": None}
+    assert metrics["test_accuracy"] == 100.0
