@@ -47,7 +47,7 @@ lock: $(VENV)/.dev-installed
 
 ## Run every pre-commit hook (flake8, black, isort, file checks) on all files
 lint: $(VENV)/.dev-installed
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pre-commit run --all-files
+	$(BIN)/pre-commit run --all-files
 
 ## Format the code with black and isort
 format: $(VENV)/.dev-installed

@@ -85,8 +85,10 @@ def _git_state() -> dict | None:
         commit = subprocess.run(
             ["git", "-C", str(source_dir), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
+        # Runs and datasets are recorded by their own hashes; "dirty" means changed code or configuration.
         status = subprocess.run(
-            ["git", "-C", str(source_dir), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(source_dir), "status", "--porcelain", "--untracked-files=no", "--", ":/"]
+            + [f":(top,exclude){folder}" for folder in ("experiments", "data")],
             capture_output=True,
             text=True,
             check=True,
