@@ -44,7 +44,8 @@ start_engine() {
     need_root "no Docker engine answers"
     if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
         log "installing Debian's docker.io and debootstrap"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >/dev/null; }
     fi
     mkdir -p "$WORK/engine"
     export DOCKER_HOST="unix://$WORK/engine/docker.sock"
