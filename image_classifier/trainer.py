@@ -112,6 +112,7 @@ class TrainingSession:
             "order": state.order,
             "history": state.history,
             "rng": {**capture_rng_state(), "shuffle": self.shuffle.get_state()},
+            "torch_num_threads": torch.get_num_threads(),
         }
         self.run_dir.save_checkpoint(checkpoint)
 
@@ -215,6 +216,8 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
     checkpoint = run_dir.load_checkpoint() if config.resume else None
     if checkpoint is not None:
         _check_resume_matches(checkpoint, config)
+        # CPU kernels split their sums by thread: finish with the thread count the run started with.
+        torch.set_num_threads(checkpoint["torch_num_threads"])
 
     pretrained = None
     if checkpoint is None and config.pretrained_model is not None:

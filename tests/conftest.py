@@ -50,12 +50,13 @@ def trainer_args(dataset: Path, experiments: Path, run_name: str = "r", *extra: 
     ]
 
 
-def run_command(args: list[str], cwd: Path | None = None, password: str | None = PASSWORD, **kwargs):
-    env = {k: v for k, v in os.environ.items() if k != "DB_PASSWORD"}
+def run_command(args: list[str], cwd: Path | None = None, password: str | None = PASSWORD, env: dict | None = None):
+    environment = {k: v for k, v in os.environ.items() if k != "DB_PASSWORD"}
     if password is not None:
-        env["DB_PASSWORD"] = password
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+        environment["DB_PASSWORD"] = password
+    environment.update(env or {})
+    return subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
 
 
-def run_trainer(*args: str, cwd: Path | None = None, password: str | None = PASSWORD):
-    return run_command([command("image_classifier_trainer"), *args], cwd=cwd, password=password)
+def run_trainer(*args: str, cwd: Path | None = None, password: str | None = PASSWORD, env: dict | None = None):
+    return run_command([command("image_classifier_trainer"), *args], cwd=cwd, password=password, env=env)
