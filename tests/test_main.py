@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 
 from image_classifier.main import build_parser, config_from_args, main
 from image_classifier.model.model import Net
-from tests.conftest import PASSWORD, run_trainer, trainer_args
+from tests.conftest import PASSWORD, REPO_ROOT, run_trainer, trainer_args
 
 REQUIRED = ["--experiment_name", "e", "--run_name", "r"]
 
@@ -37,6 +38,14 @@ def test_pretrained_model_is_relative_to_the_experiments_folder(tmp_path):
     assert config_from_args(args).pretrained_model == tmp_path / "a" / "b.pth"
     args = build_parser().parse_args([*REQUIRED, "--pretrained_model", "/abs/m.pth"])
     assert config_from_args(args).pretrained_model == Path("/abs/m.pth")
+
+
+def test_the_readme_documents_every_option():
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme.split("## 3. Training")[1].split("## 4.")[0]
+    documented = set(re.findall(r"^\| `(-[^`]+)`", table, flags=re.M)) | set(re.findall(r"`(--[a-z_-]+)`", table))
+    options = {option for action in build_parser()._actions for option in action.option_strings} - {"-h", "--help"}
+    assert options <= documented, options - documented
 
 
 def test_every_flag_documents_its_default():
