@@ -13,6 +13,7 @@ Copy-paste examples (the password may also come from the DB_PASSWORD environment
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -139,28 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    # Paths stay as given (relative to the working directory): run.json then holds no machine's layout.
-    pretrained = args.pretrained_model
-    if pretrained is not None and not pretrained.is_absolute():
-        pretrained = args.experiments_folder / pretrained
-    return TrainConfig(
-        experiment_name=args.experiment_name,
-        run_name=args.run_name,
-        experiments_folder=args.experiments_folder,
-        dataset_folder=args.dataset_folder,
-        learning_rate=args.learning_rate,
-        momentum=args.momentum,
-        num_epochs=args.num_epochs,
-        num_workers=args.num_workers,
-        batch_size=args.batch_size,
-        pretrained_model=pretrained,
-        seed=args.seed,
-        device=args.device,
-        deterministic=args.deterministic,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        verbose=args.verbose,
-    )
+    # Every TrainConfig field is an option of the same name. Paths stay as given (relative to the working
+    # directory), so run.json holds no machine's layout.
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    if args.pretrained_model is not None and not args.pretrained_model.is_absolute():
+        values["pretrained_model"] = args.experiments_folder / args.pretrained_model
+    return TrainConfig(**values)
 
 
 class _TqdmHandler(logging.StreamHandler):
