@@ -152,6 +152,7 @@ metrics = json.loads((run_dir / "metrics.json").read_text())
 manifest = json.loads((run_dir / "run.json").read_text())
 assert manifest["status"] == "completed" and manifest["device"] == "cpu", manifest
 assert len(metrics["class_accuracy"]) == 10 and len(metrics["history"]) == 1, metrics
+assert "requirements-prod.txt" in (manifest["lock_files"] or {}), manifest["lock_files"]  # installed from the lock
 print(f"container run: test accuracy {metrics['test_accuracy']:.1f} %, python {manifest['versions']['python']}")
 PY
 log "docker test passed: $IMAGE"

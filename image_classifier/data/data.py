@@ -116,8 +116,9 @@ def safe_unpickle(payload: bytes, source: Path) -> object:
 def _missing_dataset_message(batches_dir: Path, what: str) -> str:
     return (
         f"{what} in {batches_dir}. Download CIFAR-10 (python version) from {CIFAR10_URL} "
-        f"(md5 c58f30108f718f92721af3b95e74349a) and extract it there, or generate a sample dataset with "
-        f"`python -m image_classifier.data.synthetic --output {batches_dir.parent}`"
+        f"(md5 c58f30108f718f92721af3b95e74349a) and extract it into {batches_dir.parent}, or train on a "
+        f"generated sample: `python -m image_classifier.data.synthetic --output data/sample_dataset`, "
+        f"then --dataset_folder data/sample_dataset"
     )
 
 
