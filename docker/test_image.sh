@@ -26,6 +26,10 @@ cleanup() {
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
+    # dockerd leaves its network namespace mounted when it stops.
+    if [ -d "$WORK/engine/exec/netns" ]; then
+        umount "$WORK"/engine/exec/netns/* 2>/dev/null || true
+    fi
     rm -rf "$WORK/wheelhouse" "$WORK/run"
 }
 trap cleanup EXIT
