@@ -159,4 +159,6 @@ assert len(metrics["class_accuracy"]) == 10 and len(metrics["history"]) == 1, me
 assert "requirements-prod.txt" in (manifest["lock_files"] or {}), manifest["lock_files"]  # installed from the lock
 print(f"container run: test accuracy {metrics['test_accuracy']:.1f} %, python {manifest['versions']['python']}")
 PY
+# Each build leaves the previous image untagged: remove those so repeated runs do not fill the disk.
+docker image prune --force >/dev/null
 log "docker test passed: $IMAGE"
