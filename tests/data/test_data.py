@@ -42,6 +42,31 @@ def test_real_batches_meta_fixture_loads_through_the_allow_list():
     assert meta["label_names"][:2] == ["airplane", "automobile"] and len(meta["label_names"]) == 10
 
 
+PY2_BATCH = {  # what tests/fixtures/write_py2_batch.py pickled with Python 2.7, in Python 2's key order
+    "data": (np.arange(3 * 3072) % 251).astype(np.uint8).reshape(3, 3072),
+    "labels": [6, 9, 9],
+    "batch_label": "training batch 1 of 5",
+    "filenames": ["leptodactylus_pentadactylus_s_000004.png", "camion_s_000148.png", "tipper_truck_s_001250.png"],
+}
+
+
+def test_writer_reproduces_the_official_batches_meta_byte_for_byte():
+    meta = safe_unpickle((FIXTURES / "cifar-10-batches-py" / "batches.meta").read_bytes(), Path("batches.meta"))
+    assert py2_pickle_dict(meta) == (FIXTURES / "cifar-10-batches-py" / "batches.meta").read_bytes()
+
+
+def test_writer_reproduces_a_batch_written_by_python2_byte_for_byte():
+    assert py2_pickle_dict(PY2_BATCH) == (FIXTURES / "py2_written_batch").read_bytes()
+
+
+def test_loader_reads_a_batch_written_by_python2(dataset, tmp_path):
+    folder = copy_dataset(dataset, tmp_path)
+    shutil.copy(FIXTURES / "py2_written_batch", folder / "cifar-10-batches-py" / "test_batch")
+    test = load_dataset(folder).test
+    assert test.labels.tolist() == [6, 9, 9]
+    assert np.array_equal(test.images.numpy(), PY2_BATCH["data"].reshape(3, 3, 32, 32))
+
+
 def test_generated_files_use_the_python2_opcodes_of_the_real_files(dataset):
     import pickletools
 
