@@ -82,6 +82,12 @@ def _git_state() -> dict | None:
     """The commit of the checkout the package runs from (editable installs), or None for a wheel."""
     source_dir = Path(image_classifier.__file__).resolve().parent
     try:
+        # A wheel installed into a venv that happens to sit inside some checkout is not that checkout's code.
+        subprocess.run(
+            ["git", "-C", str(source_dir), "ls-files", "--error-unmatch", "__init__.py"],
+            capture_output=True,
+            check=True,
+        )
         commit = subprocess.run(
             ["git", "-C", str(source_dir), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
