@@ -217,7 +217,8 @@ def load_dataset(dataset_folder: Path) -> Cifar10Data:
     if not test_path.is_file():
         raise DatasetError(_missing_dataset_message(batches_dir, f"no {TEST_BATCH}"))
 
-    hashes = {METADATA_FILE: hashlib.sha256((dataset_folder / METADATA_FILE).read_bytes()).hexdigest()}
+    hashes: dict[str, str] = {}
+    _read_file(dataset_folder / METADATA_FILE, hashes, dataset_folder)
     if (batches_dir / BATCHES_META).is_file():
         _check_batches_meta(batches_dir / BATCHES_META, len(classes), hashes, dataset_folder)
     train = _read_split(train_paths, len(classes), hashes, dataset_folder)

@@ -61,7 +61,3 @@ def load_weights(model: Net, state_dict: dict[str, torch.Tensor], source: Path) 
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         raise PretrainedModelError(f"{source} does not fit the model: {detail}") from None
-
-
-def load_pretrained(model: Net, path: Path, device: torch.device) -> None:
-    load_weights(model, read_state_dict(path, device), path)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from image_classifier.errors import PretrainedModelError
-from image_classifier.model.model import Net, build_model, load_pretrained
+from image_classifier.model.model import Net, build_model, load_weights, read_state_dict
 
 NOTEBOOK_KEYS = [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")]
 
@@ -25,6 +25,10 @@ def test_a_notebook_state_dict_loads_and_gives_the_same_outputs(tmp_path):
     load_pretrained(model, path, torch.device("cpu"))
     images = torch.randn(3, 3, 32, 32)
     assert torch.equal(model(images), notebook_net(images))
+
+
+def load_pretrained(model, path, device):
+    load_weights(model, read_state_dict(path, device), path)
 
 
 def test_missing_file(tmp_path):
