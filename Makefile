@@ -26,8 +26,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.prod-installed: $(BIN)/python requirements/requirements-prod.txt pyproject.toml
+$(VENV)/.prod-installed: $(BIN)/python requirements/requirements-prod.txt requirements/requirements-build.txt pyproject.toml
 	PYTHON=$(BIN)/python bash requirements/requirements-prod.sh
+	# setuptools-scm (build lock) computes the package's version from git for the editable install.
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/requirements-build.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 

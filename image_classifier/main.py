@@ -15,58 +15,43 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
-import os
+import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from tqdm import tqdm
-
 from image_classifier import __version__
+from image_classifier.cli import (
+    ArgumentParser,
+    add_password_option,
+    add_verbose_option,
+    checked,
+    configure_logging,
+    exit_code_of,
+    non_negative_int,
+    password_from,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from image_classifier.config import TrainConfig
-from image_classifier.data.database import Secret
-from image_classifier.errors import TrainingInterrupted, UserError
 
 logger = logging.getLogger(__name__)
 
-PASSWORD_ENV = "DB_PASSWORD"
+momentum_float = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def _checked(convert: Callable, accept: Callable, requirement: str) -> Callable:
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {convert.__name__}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"{text} is not {requirement}")
-        return value
-
-    return parse
-
-
-positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = _checked(int, lambda v: v >= 0, "zero or more")
-positive_float = _checked(float, lambda v: 0 < v < math.inf, "a finite number greater than 0")
-momentum_float = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show "(default: ...)" where there is a default to show, not "None" on required or bare flags."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.required or action.default in (None, False):
-            return action.help or ""
-        return super()._get_help_string(action)
+def device_name(text: str) -> str:
+    if not _DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:<index>")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="image_classifier_trainer",
         description="Train the CIFAR-10 tutorial CNN and write model.pth, metrics.png, metrics.json and run.json "
         "to <experiments_folder>/<experiment_name>/<run_name>/.",
-        formatter_class=_HelpFormatter,
     )
     run = parser.add_argument_group("run")
     run.add_argument(
@@ -90,12 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="state_dict to start from: relative to --experiments_folder (e.g. exp/run/model.pth) or absolute",
     )
-    run.add_argument(
-        "--db_pass",
-        default=None,
-        help=f"password of the (mocked) database; prefer the {PASSWORD_ENV} environment variable, which keeps it "
-        "off the command line. One of the two is required",
-    )
+    add_password_option(run)
 
     training = parser.add_argument_group("training")
     training.add_argument("--learning_rate", type=positive_float, default=0.001, help="SGD learning rate")
@@ -111,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="kept from the seed for compatibility: data is held in memory and batched without worker processes, "
         "so this has no effect on speed or results",
     )
-    training.add_argument("--seed", type=int, default=0, help="seeds every random generator, the data order too")
+    training.add_argument("--seed", type=seed_int, default=0, help="seeds every random generator, the data order too")
     training.add_argument(
-        "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:<index>"
+        "--device",
+        type=device_name,
+        default="auto",
+        help="auto (cuda if available, else cpu), cpu, cuda or cuda:<index>",
     )
     training.add_argument(
         "--deterministic",
@@ -134,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the interrupted run of this experiment and run name from its last checkpoint",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
+    add_verbose_option(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -148,55 +131,24 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-class _TqdmHandler(logging.StreamHandler):
-    """Write log records above any progress bar instead of through it."""
+def check_device_exists(parser: argparse.ArgumentParser, device: str) -> None:
+    """A CUDA device that is not there is a usage error; only then is torch imported before the work."""
+    if not device.startswith("cuda"):
+        return
+    import torch
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=self.stream)
-        except Exception:
-            self.handleError(record)
-
-
-def configure_logging(verbose: bool) -> None:
-    handler = _TqdmHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger()
-    # Replace our own handler only: calling main() twice in one process must not log everything twice.
-    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _TqdmHandler)] + [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def password_from(parser: argparse.ArgumentParser, db_pass: str | None) -> Secret:
-    """The --db_pass value, else $DB_PASSWORD; neither is a usage error (exit 2)."""
-    password = db_pass if db_pass is not None else os.environ.get(PASSWORD_ENV)
-    if not password:
-        parser.error(f"the database password is required: set {PASSWORD_ENV} or pass --db_pass")
-    return Secret(password)
-
-
-def exit_code_of(action: Callable[[], int]) -> int:
-    """Run a command's work; a user error becomes one `error: ...` line and exit 1, a stop 130/143."""
-    try:
-        return action()
-    except UserError as exc:
-        logger.debug("details", exc_info=True)  # the traceback, with --verbose
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    index = int(device.partition(":")[2] or 0)
+    if not torch.cuda.is_available():
+        parser.error(f"--device {device}: PyTorch sees no CUDA device here")
+    if index >= torch.cuda.device_count():
+        parser.error(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s) (0 to n-1)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     password = password_from(parser, args.db_pass)
+    check_device_exists(parser, args.device)
     configure_logging(args.verbose)
 
     def train() -> int:

@@ -9,25 +9,28 @@ environment (versions, platform, data, lock files, code) is listed to explain it
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
 
-import torch
-
+from image_classifier.cli import (
+    ArgumentParser,
+    add_password_option,
+    add_verbose_option,
+    configure_logging,
+    exit_code_of,
+    password_from,
+)
 from image_classifier.config import TrainConfig
 from image_classifier.data.database import Secret
 from image_classifier.errors import UserError
-from image_classifier.main import PASSWORD_ENV, configure_logging, exit_code_of, password_from
 from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
-from image_classifier.trainer import run_training
 
 TIMING_FIELDS = ("seconds",)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="image_classifier_reproduce",
         description="Re-run a recorded run into <run>-repro-<n> and check that model.pth and the metrics match.",
     )
@@ -38,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the dataset is now, if it moved (default: the folder recorded in run.json)",
     )
-    parser.add_argument("--db_pass", default=None, help=f"database password (default: ${PASSWORD_ENV})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_password_option(parser)
+    add_verbose_option(parser)
     return parser
 
 
@@ -101,6 +104,11 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
         dataset_folder=dataset_folder or recorded.dataset_folder,
         resume=False,
     )
+    # Imported here so that --help and usage errors answer at once, without loading torch.
+    import torch
+
+    from image_classifier.trainer import run_training
+
     # CPU kernels split reductions by thread; the same count gives the same order of additions.
     torch.set_num_threads(manifest["determinism"]["torch_num_threads"])
     new_dir = run_training(config, password)
