@@ -117,6 +117,17 @@ def registrable_run(run_dir: Path) -> RunRecord:
     return record
 
 
+def source_run_of(experiments_folder: Path, run_dir: Path) -> str:
+    """EXPERIMENT/RUN of a run folder, which must lie in `experiments_folder`."""
+    try:
+        relative = run_dir.resolve().relative_to(experiments_folder.resolve())
+    except ValueError:
+        raise RegistryError(f"{run_dir} is not a run in {experiments_folder}") from None
+    if len(relative.parts) != 2:
+        raise RegistryError(f"{run_dir} is not a run folder ({experiments_folder}/EXPERIMENT/RUN)")
+    return "/".join(relative.parts)
+
+
 def check_model_file(version: ModelVersion) -> ModelVersion:
     """Refuse a version whose file is gone or whose bytes changed: it must never be used silently."""
     uri = f"{MODEL_URI_PREFIX}{version.name}/{version.version}"
@@ -179,7 +190,7 @@ class FileRegistry(Registry):
         check_model_name(name)
         for alias in aliases:
             check_alias(alias)
-        source_run = self._source_run(run_dir)
+        source_run = source_run_of(self.experiments_folder, run_dir)
         record = registrable_run(run_dir)
         with self._changing() as document:
             model = document["models"].setdefault(name, {"versions": [], "aliases": {}})
@@ -263,16 +274,6 @@ class FileRegistry(Registry):
             write_json_atomically(self.path, document)
 
     # --- entries ---
-
-    def _source_run(self, run_dir: Path) -> str:
-        """EXPERIMENT/RUN of a run folder, which must lie in this registry's experiments folder."""
-        try:
-            relative = run_dir.resolve().relative_to(self.experiments_folder.resolve())
-        except ValueError:
-            raise RegistryError(f"{run_dir} is not a run in {self.experiments_folder}") from None
-        if len(relative.parts) != 2:
-            raise RegistryError(f"{run_dir} is not a run folder ({self.experiments_folder}/EXPERIMENT/RUN)")
-        return "/".join(relative.parts)
 
     def _entry(self, document: dict, name: str, version: int) -> dict:
         if name not in document["models"]:
