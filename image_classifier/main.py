@@ -34,6 +34,7 @@ from image_classifier.cli import (
     seed_int,
 )
 from image_classifier.config import TrainConfig
+from image_classifier.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the interrupted run of this experiment and run name from its last checkpoint",
     )
+    recovery.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue even on another device, torch version or code than the run's "
+        "(recorded in run.json)",
+    )
     add_verbose_option(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -147,15 +154,21 @@ def check_device_exists(parser: argparse.ArgumentParser, device: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except UserError as exc:  # a bad --run_name or --experiment_name is a bad option value
+        parser.error(str(exc))
+    if config.force and not config.resume:
+        parser.error("--force only applies with --resume")
     password = password_from(parser, args.db_pass)
-    check_device_exists(parser, args.device)
-    configure_logging(args.verbose)
+    check_device_exists(parser, config.device)
+    configure_logging(config.verbose)
 
     def train() -> int:
         # Imported here so that --help and usage errors answer at once, without loading torch.
         from image_classifier.trainer import run_training
 
-        run_dir = run_training(config_from_args(args), password)
+        run_dir = run_training(config, password)
         print(f"run written to {run_dir}")
         return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from image_classifier.config import TrainConfig
 from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches
 from image_classifier.data.database import Secret, load_settings
 from image_classifier.errors import RunDirectoryError, TrainingInterrupted, UserError
+from image_classifier.manifest import differences, last_environment
 from image_classifier.model.model import build_model, load_weights, read_state_dict
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
@@ -31,12 +33,16 @@ from image_classifier.reproducibility import (
     restore_rng_state,
     seed_everything,
 )
-from image_classifier.run_dir import METRICS_FILE, RUN_FILE, RunDirectory
+from image_classifier.run_dir import METRICS_FILE, PLOT_FILE, RUN_FILE, RunDirectory, sha256_of
 from image_classifier.visualization.plot import plot_metrics
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+
+# What --resume refuses to mix into one run (unless --force): each changes the bytes the run produces.
+# Other environment differences (CPU capability, platform, numpy...) are recorded and warned about.
+RESUME_MUST_MATCH = ("device", "versions.torch", "code.sha256")
 
 
 class StopSignals:
@@ -69,6 +75,7 @@ class RunState:
     """What changes as the run goes on; saved in every checkpoint."""
 
     progress: EpochProgress
+    manifest: dict  # what run.json says; kept in the checkpoint, so a resume never depends on run.json
     order: torch.Tensor | None = None  # this epoch's data order, drawn when the epoch starts
     history: list[dict] = dataclasses.field(default_factory=list)
 
@@ -102,19 +109,22 @@ class TrainingSession:
     run_dir: RunDirectory
 
     def save_checkpoint(self, state: RunState) -> None:
-        checkpoint = {
+        self.run_dir.save_checkpoint(self.checkpoint(state))
+
+    def checkpoint(self, state: RunState) -> dict:
+        return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.result_fields(),
             "dataset_sha256": self.data.file_sha256,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "progress": dataclasses.asdict(state.progress),
+            "manifest": state.manifest,
             "order": state.order,
             "history": state.history,
             "rng": {**capture_rng_state(), "shuffle": self.shuffle.get_state()},
             "torch_num_threads": torch.get_num_threads(),
         }
-        self.run_dir.save_checkpoint(checkpoint)
 
     def restore(self, checkpoint: dict) -> RunState:
         self.model.load_state_dict(checkpoint["model"])
@@ -122,7 +132,12 @@ class TrainingSession:
         restore_rng_state(checkpoint["rng"])
         self.shuffle.set_state(checkpoint["rng"]["shuffle"])
         progress = EpochProgress(**checkpoint["progress"])
-        return RunState(progress=progress, order=checkpoint["order"], history=list(checkpoint["history"]))
+        return RunState(
+            progress=progress,
+            manifest=checkpoint["manifest"],
+            order=checkpoint["order"],
+            history=list(checkpoint["history"]),
+        )
 
     def evaluate_test_set(self, stop: StopSignals) -> dict:
         config, data = self.config, self.data
@@ -169,6 +184,13 @@ class TrainingSession:
                 progress.mean_loss,
                 metrics["test_accuracy"],
             )
+            if not math.isfinite(progress.mean_loss) and not state.manifest["diverged"]:
+                state.manifest["diverged"] = True
+                logger.warning(
+                    "training diverged: the mean training loss of epoch %d is %s; lower --learning_rate",
+                    progress.epoch,
+                    progress.mean_loss,
+                )
             state.progress, state.order = EpochProgress(epoch=progress.epoch + 1), None
             self.save_checkpoint(state)
         # No epoch to train (--num_epochs 0), or resumed after the last epoch's checkpoint: evaluate as is.
@@ -179,9 +201,12 @@ class TrainingSession:
             raise TrainingInterrupted(stop.received, self.run_dir.work_dir)
 
 
-def _check_resume_matches(checkpoint: dict, config: TrainConfig) -> None:
+def _check_resume_arguments(checkpoint: dict, config: TrainConfig) -> None:
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirectoryError(f"the checkpoint's format {checkpoint.get('format')} is not {CHECKPOINT_FORMAT}")
+        raise RunDirectoryError(
+            f"the checkpoint's format {checkpoint.get('format')} is not {CHECKPOINT_FORMAT}: it was written by "
+            "another version of the trainer; delete the unfinished run folder to start again"
+        )
     recorded, given = checkpoint["config"], config.result_fields()
     differing = sorted(key for key in recorded.keys() | given.keys() if recorded.get(key) != given.get(key))
     if differing:
@@ -189,36 +214,84 @@ def _check_resume_matches(checkpoint: dict, config: TrainConfig) -> None:
         raise RunDirectoryError(f"--resume needs the interrupted run's arguments; these differ: {details}")
 
 
-def _new_manifest(config: TrainConfig, device: torch.device, determinism: dict, data: Cifar10Data) -> dict:
+def run_environment(device: torch.device) -> dict:
+    """Where the run's bytes come from besides data and arguments: device, code, versions, platform."""
+    return {"device": str(device), **environment_facts()}
+
+
+def _check_resume_environment(manifest: dict, environment: dict, force: bool) -> list[str]:
+    """Compare with the environment that wrote the checkpoint; return the differences --force let through."""
+    changes = differences(last_environment(manifest), environment)
+    blocking = [line for line in changes if line.split(":")[0] in RESUME_MUST_MATCH]
+    if blocking and not force:
+        raise RunDirectoryError(
+            "--resume would continue this run with other results than it started with: "
+            + "; ".join(blocking)
+            + ". Resume where it ran, or add --force to continue anyway (recorded in run.json)"
+        )
+    if changes:
+        logger.warning("resuming in another environment: %s", "; ".join(changes))
+    return blocking
+
+
+def _pretrained_record(config: TrainConfig) -> dict | None:
+    if config.pretrained_model is None:
+        return None
+    return {"path": str(config.pretrained_model), "sha256": sha256_of(config.pretrained_model)}
+
+
+def _new_manifest(
+    config: TrainConfig, environment: dict, determinism: dict, data: Cifar10Data, pretrained: dict | None
+) -> dict:
     return {
         "status": "running",
         "arguments": config.to_dict(),
         "seed": config.seed,
-        "device": str(device),
         "determinism": determinism,
-        **environment_facts(),
+        **environment,
         "dataset": {"folder": str(config.dataset_folder), "sha256": data.file_sha256},
+        "classes": list(data.classes),
+        "pretrained_model": pretrained,
         "model_sha256": None,
+        "diverged": False,
         "started_at": _now(),
-        "resumed_at": [],
+        "resumes": [],
         "finished_at": None,
     }
+
+
+def _start(session: TrainingSession, pretrained: dict | None, environment: dict, determinism: dict) -> RunState:
+    config = session.config
+    if pretrained is not None:
+        load_weights(session.model, pretrained, config.pretrained_model)
+        logger.info("loaded pretrained weights from %s", config.pretrained_model)
+    manifest = _new_manifest(config, environment, determinism, session.data, _pretrained_record(config))
+    state = RunState(progress=EpochProgress(epoch=1), manifest=manifest)
+    session.run_dir.create(session.checkpoint(state), manifest)
+    return state
+
+
+def _resume(session: TrainingSession, checkpoint: dict, environment: dict) -> RunState:
+    state = session.restore(checkpoint)
+    forced = _check_resume_environment(state.manifest, environment, session.config.force)
+    state.manifest["resumes"].append({"at": _now(), "environment": environment, "forced": forced})
+    logger.info("resuming at epoch %d, step %d", state.progress.epoch, state.progress.step)
+    return state
 
 
 def run_training(config: TrainConfig, db_password: Secret) -> Path:
     """Train, validate and record one run; return the final run directory."""
     run_dir = RunDirectory(config.run_dir)
     if config.resume:
-        run_dir.check_can_resume()
-    else:
-        run_dir.check_can_start()  # before any work: a refused run touches nothing
-    device = resolve_device(config.device)
-    checkpoint = run_dir.load_checkpoint() if config.resume else None
-    if checkpoint is not None:
-        _check_resume_matches(checkpoint, config)
+        checkpoint = run_dir.open_for_resume()  # locks the unfinished run for this process
+        _check_resume_arguments(checkpoint, config)
         # CPU kernels split their sums by thread: finish with the thread count the run started with.
         torch.set_num_threads(checkpoint["torch_num_threads"])
-
+    else:
+        run_dir.check_can_start()  # before any work: a refused run touches nothing
+        checkpoint = None
+    device = resolve_device(config.device)
+    environment = run_environment(device)
     pretrained = None
     if checkpoint is None and config.pretrained_model is not None:
         pretrained = read_state_dict(config.pretrained_model, device)
@@ -234,18 +307,10 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
     shuffle = torch.Generator().manual_seed(config.seed)
     session = TrainingSession(config, data, device, model, optimizer, shuffle, run_dir)
     if checkpoint is None:
-        if pretrained is not None:
-            load_weights(model, pretrained, config.pretrained_model)
-            logger.info("loaded pretrained weights from %s", config.pretrained_model)
-        state = RunState(progress=EpochProgress(epoch=1))
-        run_dir.create()
-        manifest = _new_manifest(config, device, determinism, data)
-        session.save_checkpoint(state)
+        state = _start(session, pretrained, environment, determinism)
     else:
-        state = session.restore(checkpoint)
-        manifest = run_dir.read_json(RUN_FILE)
-        manifest["resumed_at"].append(_now())
-        logger.info("resuming at epoch %d, step %d", state.progress.epoch, state.progress.step)
+        state = _resume(session, checkpoint, environment)
+    manifest = state.manifest
     manifest["status"] = "running"
     run_dir.write_json(RUN_FILE, manifest)
 
@@ -263,7 +328,7 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
     manifest["model_sha256"] = run_dir.save_model(model.state_dict())
     run_dir.write_json(METRICS_FILE, {**metrics, "history": state.history})
     title = f"{config.experiment_name}/{config.run_name}: test accuracy per class and in total"
-    run_dir.save_figure(plot_metrics(metrics["test_accuracy"], metrics["class_accuracy"], title))
+    run_dir.save_figure(PLOT_FILE, plot_metrics(metrics["test_accuracy"], metrics["class_accuracy"], title))
     manifest.update(status="completed", finished_at=_now())
     run_dir.write_json(RUN_FILE, manifest)
     return run_dir.finish()

@@ -90,12 +90,36 @@ def test_password_is_required_from_flag_or_environment(monkeypatch, capsys):
     assert "DB_PASSWORD" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["..", "a/b", "white space"])
-def test_bad_names_are_one_line_errors(name, tmp_path, capsys):
-    code = main(["--experiment_name", "e", "--run_name", name, "--experiments_folder", str(tmp_path), "--db_pass", "x"])
+@pytest.mark.parametrize("name", ["..", "a/b", "white space", "run_1.incomplete"])
+def test_bad_names_are_usage_errors(name, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--experiment_name", "e", "--run_name", name, "--experiments_folder", str(tmp_path), "--db_pass", "x"])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: invalid run name") and "Traceback" not in err
+    assert exit_info.value.code == 2 and "error: invalid run name" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--device", "gpu"], "'gpu' is not a device"),
+        (["--device", "cuda:99"], "--device cuda:99"),  # no CUDA here, or not 100 devices
+        (["--seed", "-1"], "is not a seed from 0 to"),
+        (["--seed", str(2**64)], "is not a seed from 0 to"),
+        (["--force"], "--force only applies with --resume"),
+    ],
+)
+def test_bad_devices_seeds_and_flags_are_usage_errors_before_any_work(extra, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*REQUIRED, "--experiments_folder", str(tmp_path), "--db_pass", "x", *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_shows_defaults_of_zero():
+    help_text = build_parser().format_help()
+    assert re.search(r"--seed SEED\s+seeds every random generator.*\(default: 0\)", help_text, flags=re.S)
+    assert re.search(r"--checkpoint_every CHECKPOINT_EVERY.*?\(default:\s+0\)", help_text, flags=re.S)
 
 
 def test_missing_dataset_is_one_line_error_without_the_password(tmp_path, capsys):
