@@ -27,6 +27,10 @@ class TrainConfig:
     num_workers: int = 2
     batch_size: int = 4
     pretrained_model: Path | None = None
+    # --pretrained_model models:/NAME/VERSION or models:/NAME@ALIAS as given, and the version it resolved to
+    # (tracking/pretrained.py then sets pretrained_model to that version's file).
+    pretrained_model_uri: str | None = None
+    pretrained_model_version: int | None = None
     seed: int = 0
     device: str = "auto"
     deterministic: bool = True

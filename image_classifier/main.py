@@ -35,6 +35,8 @@ from image_classifier.cli import (
 )
 from image_classifier.config import TrainConfig
 from image_classifier.errors import UserError
+from image_classifier.tracking.registry import is_model_uri
+from image_classifier.tracking.uri import TRACKING_URI_ENV, tracking_uri_from
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained_model",
         type=Path,
         default=None,
-        help="state_dict to start from: relative to --experiments_folder (e.g. exp/run/model.pth) or absolute",
+        help="state_dict to start from: relative to --experiments_folder (e.g. exp/run/model.pth) or absolute, "
+        "or a registered version: models:/NAME/VERSION or models:/NAME@ALIAS",
+    )
+    run.add_argument(
+        "--mlflow_tracking_uri",
+        default=None,
+        help=f"also log the run to this MLflow tracking server (default: ${TRACKING_URI_ENV}; neither set: no "
+        "MLflow); models:/ names then come from its model registry",
     )
     add_password_option(run)
 
@@ -132,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     # Every TrainConfig field is an option of the same name. Paths stay as given (relative to the working
     # directory), so run.json holds no machine's layout.
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
-    if args.pretrained_model is not None and not args.pretrained_model.is_absolute():
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig) if field.name in args}
+    if args.pretrained_model is not None and is_model_uri(str(args.pretrained_model)):
+        # A registered version: the trainer resolves it (and checks its bytes) before any work.
+        values["pretrained_model"], values["pretrained_model_uri"] = None, str(args.pretrained_model)
+    elif args.pretrained_model is not None and not args.pretrained_model.is_absolute():
         values["pretrained_model"] = args.experiments_folder / args.pretrained_model
     return TrainConfig(**values)
 
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         # Imported here so that --help and usage errors answer at once, without loading torch.
         from image_classifier.trainer import run_training
 
-        run_dir = run_training(config, password)
+        run_dir = run_training(config, password, tracking_uri_from(args.mlflow_tracking_uri))
         print(f"run written to {run_dir}")
         return 0
 

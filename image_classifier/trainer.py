@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,8 +34,18 @@ from image_classifier.reproducibility import (
     restore_rng_state,
     seed_everything,
 )
-from image_classifier.run_dir import METRICS_FILE, PLOT_FILE, RUN_FILE, RunDirectory, sha256_of
-from image_classifier.visualization.plot import plot_metrics
+from image_classifier.run_dir import (
+    CONFUSION_MATRIX_FILE,
+    CURVES_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    RUN_FILE,
+    RunDirectory,
+    sha256_of,
+)
+from image_classifier.tracking.pretrained import resolve_pretrained_model
+from image_classifier.tracking.run_logger import open_run_logger
+from image_classifier.visualization.plot import plot_confusion_matrix, plot_curves, plot_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +107,24 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def epoch_record(progress: EpochProgress, metrics: dict, train_seconds: float, train_images: int) -> dict:
+    """One entry of metrics.json's history: the epoch's losses, accuracies, time and training throughput."""
+    return {
+        "epoch": progress.epoch,
+        "train_loss": progress.mean_loss,
+        "test_loss": metrics["test_loss"],
+        "test_accuracy": metrics["test_accuracy"],
+        "class_accuracy": metrics["class_accuracy"],
+        "seconds": round(progress.seconds, 3),
+        # Training only (evaluation excluded), over every process that worked on this epoch (resumes).
+        "images_per_second": round(train_images / train_seconds, 1) if train_seconds > 0 else None,
+    }
+
+
+def _ignore_epoch(entry: dict) -> None:
+    pass
+
+
 @dataclasses.dataclass
 class TrainingSession:
     """The fixed parts of a run, with the operations that need several of them at once."""
@@ -107,6 +136,7 @@ class TrainingSession:
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator  # the data order's own generator
     run_dir: RunDirectory
+    on_epoch: Callable[[dict], None] = _ignore_epoch  # told each epoch's history entry (tracking)
 
     def save_checkpoint(self, state: RunState) -> None:
         self.run_dir.save_checkpoint(self.checkpoint(state))
@@ -167,16 +197,11 @@ class TrainingSession:
                 batches = iterate_batches(data.train, config.batch_size, self.device, state.order, progress.step)
                 train_one_epoch(self.model, batches, self.optimizer, progress, train_steps, after_step)
                 self.save_checkpoint(state)  # a kill during evaluation resumes here, not at the epoch's start
+            train_seconds = progress.seconds  # before evaluation: the throughput counts training only
             metrics = self.evaluate_test_set(stop)
             progress.seconds = seconds_before + time.monotonic() - started
-            state.history.append(
-                {
-                    "epoch": progress.epoch,
-                    "train_loss": progress.mean_loss,
-                    "test_accuracy": metrics["test_accuracy"],
-                    "seconds": round(progress.seconds, 3),
-                }
-            )
+            entry = epoch_record(progress, metrics, train_seconds, len(data.train))
+            state.history.append(entry)
             logger.info(
                 "epoch %d/%d: train loss %.3f, test accuracy %.2f %%",
                 progress.epoch,
@@ -193,6 +218,7 @@ class TrainingSession:
                 )
             state.progress, state.order = EpochProgress(epoch=progress.epoch + 1), None
             self.save_checkpoint(state)
+            self.on_epoch(entry)  # after the checkpoint: a slow tracking server never delays it
         # No epoch to train (--num_epochs 0), or resumed after the last epoch's checkpoint: evaluate as is.
         return metrics if metrics is not None else self.evaluate_test_set(stop)
 
@@ -237,7 +263,10 @@ def _check_resume_environment(manifest: dict, environment: dict, force: bool) ->
 def _pretrained_record(config: TrainConfig) -> dict | None:
     if config.pretrained_model is None:
         return None
-    return {"path": str(config.pretrained_model), "sha256": sha256_of(config.pretrained_model)}
+    record = {"path": str(config.pretrained_model), "sha256": sha256_of(config.pretrained_model)}
+    if config.pretrained_model_uri is not None:
+        record.update(uri=config.pretrained_model_uri, version=config.pretrained_model_version)
+    return record
 
 
 def _new_manifest(
@@ -279,8 +308,23 @@ def _resume(session: TrainingSession, checkpoint: dict, environment: dict) -> Ru
     return state
 
 
-def run_training(config: TrainConfig, db_password: Secret) -> Path:
-    """Train, validate and record one run; return the final run directory."""
+def _save_figures(run_dir: RunDirectory, config: TrainConfig, metrics: dict, history: list[dict], classes) -> None:
+    name = f"{config.experiment_name}/{config.run_name}"
+    accuracy = plot_metrics(
+        metrics["test_accuracy"], metrics["class_accuracy"], f"{name}: test accuracy per class and in total"
+    )
+    run_dir.save_figure(PLOT_FILE, accuracy)
+    run_dir.save_figure(CURVES_FILE, plot_curves({name: history}, f"{name}: loss and accuracy per epoch"))
+    confusion = plot_confusion_matrix(metrics["confusion_matrix"], classes, f"{name}: confusion matrix (test set)")
+    run_dir.save_figure(CONFUSION_MATRIX_FILE, confusion)
+
+
+def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | None = None) -> Path:
+    """Train, validate and record one run; return the final run directory.
+
+    With `tracking_uri`, the run is also logged to that MLflow server; the server can never stop the run.
+    """
+    config = resolve_pretrained_model(config, tracking_uri)  # models:/... names a file, checked by sha256
     run_dir = RunDirectory(config.run_dir)
     if config.resume:
         checkpoint = run_dir.open_for_resume()  # locks the unfinished run for this process
@@ -312,6 +356,9 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
         state = _resume(session, checkpoint, environment)
     manifest = state.manifest
     manifest["status"] = "running"
+    run_logger = open_run_logger(tracking_uri, config.experiment_name, config.run_name, manifest)
+    _record_tracking(manifest, run_logger)
+    session.on_epoch = run_logger.log_epoch
     run_dir.write_json(RUN_FILE, manifest)
 
     logger.info("training on %s for %d epoch(s); run directory %s", device, config.num_epochs, run_dir.work_dir)
@@ -319,16 +366,28 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
         try:
             metrics = session.train_remaining_epochs(state, stop)
         except BaseException as exc:
-            manifest["status"] = (
-                "interrupted" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "failed"
-            )
+            interrupted = isinstance(exc, (TrainingInterrupted, KeyboardInterrupt))
+            manifest["status"] = "interrupted" if interrupted else "failed"
+            run_logger.end("KILLED" if interrupted else "FAILED")
+            _record_tracking(manifest, run_logger)
             run_dir.write_json(RUN_FILE, manifest)
             raise
 
     manifest["model_sha256"] = run_dir.save_model(model.state_dict())
     run_dir.write_json(METRICS_FILE, {**metrics, "history": state.history})
-    title = f"{config.experiment_name}/{config.run_name}: test accuracy per class and in total"
-    run_dir.save_figure(PLOT_FILE, plot_metrics(metrics["test_accuracy"], metrics["class_accuracy"], title))
+    _save_figures(run_dir, config, metrics, state.history, data.classes)
+    run_logger.log_outputs(run_dir.work_dir, manifest["model_sha256"], exclude=(RUN_FILE,))
     manifest.update(status="completed", finished_at=_now())
+    _record_tracking(manifest, run_logger)
     run_dir.write_json(RUN_FILE, manifest)
+    # After run.json is final, so these two calls cannot be counted in it (a failure still warns).
+    run_logger.log_file(run_dir.work_dir / RUN_FILE)
+    run_logger.end("FINISHED")
     return run_dir.finish()
+
+
+def _record_tracking(manifest: dict, run_logger) -> None:
+    """run.json's "mlflow": the server (without credentials), the MLflow run and the log calls lost."""
+    record = run_logger.record()
+    if record is not None:
+        manifest["mlflow"] = record

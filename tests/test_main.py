@@ -9,7 +9,7 @@ import torch
 
 from image_classifier.main import build_parser, config_from_args, main
 from image_classifier.model.model import Net
-from tests.conftest import PASSWORD, REPO_ROOT, run_trainer, trainer_args
+from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, run_trainer, trainer_args
 
 REQUIRED = ["--experiment_name", "e", "--run_name", "r"]
 
@@ -168,7 +168,7 @@ def test_end_to_end_from_another_directory(dataset, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     run_dir = workdir / "experiments" / "e" / "r"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json", "metrics.png", "model.pth", "run.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES
     assert "run written to experiments/e/r" in result.stdout
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -186,7 +186,15 @@ def test_end_to_end_from_another_directory(dataset, tmp_path):
     ]
     assert [entry["epoch"] for entry in metrics["history"]] == [1, 2]
     assert metrics["history"][-1]["test_accuracy"] == metrics["test_accuracy"]
-    assert set(metrics["history"][0]) == {"epoch", "train_loss", "test_accuracy", "seconds"}
+    assert set(metrics["history"][0]) == {
+        "epoch",
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+        "class_accuracy",
+        "seconds",
+        "images_per_second",
+    }
     assert metrics["test_accuracy"] > 20  # 10 % is chance; generated classes are learnable
 
     net = Net()  # the notebook's own class loads the weights

@@ -432,8 +432,18 @@ def models_command(config: ModelsConfig) -> int:
 # --- the command line ---
 
 
+class _Parser(ArgumentParser):
+    """Never echoes a rejected value: a mistyped subcommand or choice may be a password typed in the
+    wrong place, like the values after unknown options (see `image_classifier.cli`)."""
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice, not shown (choose from {choices})")
+
+
 def _common_options() -> argparse.ArgumentParser:
-    common = ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--experiments_folder", type=Path, default=Path("experiments"), help="where the runs are (as in the trainer)"
     )
@@ -442,7 +452,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def _tracking_option() -> argparse.ArgumentParser:
-    tracking = ArgumentParser(add_help=False)
+    tracking = _Parser(add_help=False)
     tracking.add_argument(
         "--mlflow_tracking_uri",
         default=None,
@@ -453,7 +463,7 @@ def _tracking_option() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
+    parser = _Parser(
         prog="image_classifier_runs",
         description="List, show and compare the runs in an experiments folder; register their models as "
         "named versions and move aliases.",
