@@ -91,3 +91,12 @@ def test_json_is_strict_non_finite_numbers_become_null_with_a_warning(tmp_path, 
 def test_finite_json_leaves_finite_values_alone():
     value = {"a": [1, 2.5, "x", None, True], "b": {"c": -0.0}}
     assert finite_json(value) == (value, [])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to hold GPU tensors")
+def test_a_gpu_model_is_saved_with_cpu_tensors(tmp_path):
+    run_dir = RunDirectory(tmp_path / "e" / "r")
+    run_dir.create({}, {})
+    run_dir.save_model({"w": torch.ones(3, device="cuda")})
+    saved = torch.load(run_dir.work_dir / "model.pth", weights_only=True)  # no map_location: as stored
+    assert saved["w"].device.type == "cpu"
