@@ -1,7 +1,9 @@
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +93,30 @@ def test_json_is_strict_non_finite_numbers_become_null_with_a_warning(tmp_path, 
 def test_finite_json_leaves_finite_values_alone():
     value = {"a": [1, 2.5, "x", None, True], "b": {"c": -0.0}}
     assert finite_json(value) == (value, [])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to hold GPU tensors")
+def test_a_gpu_model_is_saved_with_cpu_tensors(tmp_path):
+    run_dir = RunDirectory(tmp_path / "e" / "r")
+    run_dir.create({}, {})
+    run_dir.save_model({"w": torch.ones(3, device="cuda")})
+    saved = torch.load(run_dir.work_dir / "model.pth", weights_only=True)  # no map_location: as stored
+    assert saved["w"].device.type == "cpu"
+
+
+def test_every_output_reaches_the_disk_before_the_run_is_published(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    run_dir = RunDirectory(tmp_path / "e" / "r")
+    run_dir.create({}, {})
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    run_dir.save_model({"w": torch.ones(2)})
+    run_dir.write_json("metrics.json", {})
+    run_dir.finish()
+    # model.pth itself (a power cut after the rename must not leave it empty), the folder, then its parent.
+    assert synced == ["model.pth", ".metrics.json.tmp", "r.incomplete", "e"]
