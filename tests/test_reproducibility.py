@@ -100,7 +100,8 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_checkpoint(dataset, tmp_path, re
         "written:run.json:1",  # both first files written, before the run directory appears
         "written:run.json:2",  # the run directory just appeared
         "written:model.pth:1",  # the model written, the other outputs not yet
-        "written:metrics.png:1",  # every output but the final run.json
+        "written:metrics.png:1",  # the first figure written, the others not yet
+        "written:confusion_matrix.png:1",  # every output but the final run.json
         "written:run.json:3",  # run.json says completed, the directory is not yet renamed
         "published",  # renamed to its final name, the checkpoint not yet removed
     ],

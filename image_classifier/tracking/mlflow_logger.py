@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from image_classifier.manifest import ENVIRONMENT_KEYS
 from image_classifier.tracking.mlflow_client import connect, error_code, short_reason
 from image_classifier.tracking.uri import redacted
 
 logger = logging.getLogger(__name__)
 
 # Sections of run.json that describe the environment; they become tags "<section>.<key>".
-TAG_SECTIONS = ("device", "determinism", "versions", "platform", "git", "lock_files", "dataset", "environment")
+TAG_SECTIONS = (*ENVIRONMENT_KEYS, "determinism", "dataset", "pretrained_model")
 # Files that are not results: the checkpoint is large and is deleted when the run finishes.
 NOT_ARTIFACTS = ("checkpoint.pt",)
 MODEL_SHA256_TAG = "model_sha256"

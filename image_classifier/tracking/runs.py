@@ -22,13 +22,14 @@ import io
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from image_classifier import __version__
 from image_classifier.cli import ArgumentParser, add_verbose_option, configure_logging, exit_code_of, positive_int
 from image_classifier.errors import UserError
+from image_classifier.manifest import ENVIRONMENT_KEYS
 from image_classifier.tracking.files import to_strict_json
 from image_classifier.tracking.records import RunRecord, find_run, list_runs
 from image_classifier.tracking.registry import ModelVersion, Registry, open_registry
@@ -237,7 +238,14 @@ def _flatten(value, prefix: str = "") -> list[tuple[str, object]]:
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "test_loss", "test_accuracy", "images_per_second", "seconds")
-ENVIRONMENT_KEYS = ("device", "determinism", "versions", "platform", "git", "lock_files", "environment")
+SHOWN_ENVIRONMENT = (*ENVIRONMENT_KEYS, "determinism", "pretrained_model")
+
+
+def _resume_times(manifest: Mapping) -> list[str]:
+    resumes = manifest.get("resumes")
+    if isinstance(resumes, list):  # one entry per resume, with its environment
+        return [str(entry.get("at")) for entry in resumes if isinstance(entry, Mapping)]
+    return list(manifest.get("resumed_at") or [])  # runs of earlier versions kept the times only
 
 
 def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> str:
@@ -246,7 +254,7 @@ def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> 
         ("status", record.status + (f" ({record.reason})" if record.reason else "")),
         ("folder", record.folder),
         ("started", record.started_at),
-        ("resumed", manifest.get("resumed_at") or None),
+        ("resumed", _resume_times(manifest) or None),
         ("finished", manifest.get("finished_at")),
         ("duration_s", record.duration_seconds),
         ("model_sha256", record.model_sha256),
@@ -257,7 +265,7 @@ def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> 
         header.extend(("mlflow." + key, value) for key, value in manifest["mlflow"].items())
     lines = _section(f"run {record.name}", header)
     lines += ["", *_section("arguments", list(record.arguments.items()))]
-    environment = {key: manifest[key] for key in ENVIRONMENT_KEYS if key in manifest}
+    environment = {key: manifest[key] for key in SHOWN_ENVIRONMENT if manifest.get(key)}
     dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
     lines += ["", *_section("environment", [*_flatten(environment), *_flatten({"dataset": dataset})])]
     if record.history:

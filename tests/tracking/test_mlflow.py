@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "tok-Zq81-never-stored"  # credentials in the tracking URI: they must not land anywhere either
 PROXY = str(REPO_ROOT / "tests" / "tracking" / "mlflow_proxy.py")
+FAULT_INJECTION = str(REPO_ROOT / "tests" / "fault_injection.py")
 SAME_AS_SEED0 = ("--seed", "0", "--batch_size", "10")  # the arguments of the trained e/seed0
 
 
@@ -176,3 +177,25 @@ def test_without_a_tracking_uri_mlflow_is_never_imported(trained_experiments):
     result = run_command([sys.executable, "-c", code], env={"MLFLOW_TRACKING_URI": ""})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_resumed_run_continues_its_mlflow_run_with_the_same_bytes(
+    dataset, mlflow_server, trained_experiments, tmp_path
+):
+    experiments = tmp_path / "experiments"
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
+    args = trainer_args(dataset, experiments, "resumed", *SAME_AS_SEED0)
+    stopped = run_command([sys.executable, FAULT_INJECTION, "TERM", "evaluate:2", *args], env=env)
+    assert stopped.returncode == 143, stopped.stderr
+    started_record = json.loads((experiments / "e" / "resumed.incomplete" / "run.json").read_text())["mlflow"]
+    assert _client(mlflow_server).get_run(started_record["run_id"]).info.status == "KILLED"
+
+    resumed = run_trainer(*args, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads((experiments / "e" / "resumed" / "run.json").read_text())
+    assert manifest["mlflow"]["run_id"] == started_record["run_id"] and manifest["mlflow"]["lost_calls"] == 0
+    run = _client(mlflow_server).get_run(started_record["run_id"])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in _client(mlflow_server).get_metric_history(run.info.run_id, "test_accuracy")]
+    assert sorted(set(steps)) == [1, 2]
+    assert manifest["model_sha256"] == sha256_of(trained_experiments / "e" / "seed0" / "model.pth")
