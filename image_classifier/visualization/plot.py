@@ -49,15 +49,19 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping]], title: str = "") -> 
     for index, (label, history) in enumerate(histories.items()):
         color = colors[index % len(colors)]
         prefix = f"{label}: " if len(histories) > 1 else ""
+        # One run: training and test loss in two colours; several: one colour per run, test loss dashed.
+        test_color = colors[1] if len(histories) == 1 else color
         loss_axes.plot(*_series(history, "train_loss"), "o-", color=color, label=f"{prefix}training loss")
-        loss_axes.plot(*_series(history, "test_loss"), "s--", color=color, label=f"{prefix}test loss")
+        loss_axes.plot(*_series(history, "test_loss"), "s--", color=test_color, label=f"{prefix}test loss")
         accuracy_axes.plot(*_series(history, "test_accuracy"), "o-", color=color, label=label)
     if not any(histories.values()):  # --num_epochs 0: an evaluation only
         for axes in (loss_axes, accuracy_axes):
             axes.text(0.5, 0.5, "no epoch trained", ha="center", va="center", transform=axes.transAxes)
     loss_axes.set_title("Loss per epoch (cross-entropy)")
     loss_axes.set_ylabel("mean loss")
-    loss_axes.set_ylim(bottom=0)
+    losses = [value for line in loss_axes.lines for value in line.get_ydata() if np.isfinite(value)]
+    # From 0 and with room above the highest loss, so nearly flat curves do not hide under the frame.
+    loss_axes.set_ylim(0, 1.1 * max(losses) if losses else 1)
     accuracy_axes.set_title("Test accuracy per epoch")
     accuracy_axes.set_ylabel("test accuracy (%)")
     accuracy_axes.set_ylim(0, 100)
