@@ -8,11 +8,13 @@ set -euo pipefail
 
 python="${1:-python3}"
 required="CPython 3.11 on Linux x86_64 with glibc 2.28 or newer"
-advice="use the Docker image (README section 10), or install without the locks: python3 -m venv .venv && .venv/bin/pip install -e . (README section 12)"
+advice="use the Docker image (README section 10), or install without the locks:"
+advice+=" python3 -m venv .venv && .venv/bin/pip install -e . (README section 12)"
 
 describe='import platform, sys
 libc, libc_version = platform.libc_ver()
-print(sys.implementation.name, "%d.%d" % sys.version_info[:2], platform.system(), platform.machine(), libc or "no-libc", libc_version or "0")'
+print(sys.implementation.name, "%d.%d" % sys.version_info[:2], platform.system(), platform.machine(),
+      libc or "no-libc", libc_version or "0")'
 if ! found="$("$python" -c "$describe" 2>/dev/null)"; then
     echo "error: '$python' does not run as Python 3; the lock files need $required: give one with PYTHON=...," \
         "or $advice" >&2

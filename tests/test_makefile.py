@@ -138,3 +138,9 @@ def test_make_docker_build_in_a_fresh_clone_needs_only_the_venv(fresh_clone, tmp
     exec(version_file, recorded)  # the file setuptools-scm wrote into the wheel
     assert (recorded["version"], recorded["commit_id"], recorded["dirty"]) == (version, commit, False)
     assert not list((fresh_clone / "docker").glob("*.whl"))  # the build context was cleaned up
+
+
+def test_the_readme_quotes_the_platform_error_as_the_check_prints_it():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert PLATFORM_ERROR in readme
+    assert "Linux x86-64 (glibc 2.28 or newer) with CPython 3.11" in readme
