@@ -116,7 +116,8 @@ def trainer_arguments_of_the_training_step(tmp_path: Path, **inputs: str) -> lis
     for variable in {**TRAINING["jobs"]["train"]["env"], **training_step()["env"]}:
         name = input_of(variable)
         if name is not None:
-            env[variable] = {True: "true", False: "false"}.get(values[name], values[name])
+            value = values[name]
+            env[variable] = str(value).lower() if isinstance(value, bool) else value  # as GitHub renders booleans
     subprocess.run(["bash", "-e", "-c", training_step()["run"]], cwd=tmp_path, env=env, check=True)
     return (tmp_path / "arguments").read_text().split("\0")[:-1]
 
