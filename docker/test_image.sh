@@ -14,7 +14,8 @@
 #     (the Dockerfile's PIP_INDEX_URL), so the 5 GB of PyTorch come from this machine's disk.
 # Either way the image is built under its own name, image-classifier-test, with the label
 # image-classifier.docker-test=true, and the test removes only images carrying that label: the earlier test
-# image this build replaced. The latest stays, so the next run reuses its layers (`docker rmi` removes it).
+# image this build replaced. The latest stays, so that on a running engine the next run reuses its layers
+# (`docker rmi` removes it); the local set-up's wheelhouse changes address each run, and so the layers.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
