@@ -14,8 +14,8 @@
 #     (the Dockerfile's PIP_INDEX_URL), so the 5 GB of PyTorch come from this machine's disk.
 # Either way the image is built under its own name, image-classifier-test, with the label
 # image-classifier.docker-test=true, and the test removes only images carrying that label: the earlier test
-# image this build replaced. The latest stays, so that on a running engine the next run reuses its layers
-# (`docker rmi` removes it); the local set-up's wheelhouse changes address each run, and so the layers.
+# images. The latest stays, so that on a running engine the next run reuses its layers (`docker rmi` removes
+# it); the local set-up's wheelhouse changes address each run, and so the layers.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -112,9 +112,16 @@ PY
     INDEX_URL="http://127.0.0.1:$port/simple/"
 }
 
-remove_replaced_test_images() {
-    # Only this test's own images, by label: never an image someone else built or pulled.
-    docker image ls --quiet --filter "label=$TEST_LABEL" --filter dangling=true | xargs -r docker image rm >/dev/null
+remove_earlier_test_images() {
+    # Only this test's own images, found by their label: never an image someone else built or pulled. Each commit
+    # gives a new tag, so earlier test images are removed whether or not this build took their tag.
+    local current id
+    current="$(docker image inspect --format '{{.Id}}' "$IMAGE")"
+    for id in $(docker image ls --quiet --no-trunc --filter "label=$TEST_LABEL"); do
+        if [ "$id" != "$current" ]; then
+            docker image rm "$id" >/dev/null || log "kept $id: docker could not remove it"
+        fi
+    done
 }
 
 check_label() {
@@ -144,7 +151,7 @@ tree_changes="$(git -C "$repo" status --porcelain --untracked-files=no)"
 
 log "building $IMAGE on $BASE_IMAGE with docker/build.sh"
 DOCKER_BUILD_ARGS="$build_args" bash "$here/build.sh"
-remove_replaced_test_images
+remove_earlier_test_images
 [ "$(docker image inspect --format '{{.Config.User}}' "$IMAGE")" = "1000:1000" ]
 
 log "checking the image's provenance: labels and the installed package"
