@@ -199,3 +199,15 @@ def test_a_resumed_run_continues_its_mlflow_run_with_the_same_bytes(
     steps = [m.step for m in _client(mlflow_server).get_metric_history(run.info.run_id, "test_accuracy")]
     assert sorted(set(steps)) == [1, 2]
     assert manifest["model_sha256"] == sha256_of(trained_experiments / "e" / "seed0" / "model.pth")
+
+
+def test_the_runs_command_with_a_server_that_is_down(trained_experiments):
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    folder = ("--experiments_folder", str(trained_experiments))
+    models = run_command([command("image_classifier_runs"), "models", *folder], env=env)
+    assert models.returncode == 1 and "Traceback" not in models.stderr
+    (error,) = [line for line in models.stderr.splitlines() if line.startswith("error: ")]
+    assert "no answer from the server" in error and "Connection refused" in error
+    listing = run_command([command("image_classifier_runs"), "list", *folder], env=env)
+    assert listing.returncode == 0 and len(_warnings(listing.stderr)) == 1  # the runs, without versions
+    assert [line.split()[1] for line in listing.stdout.splitlines()[1:]] == ["seed0", "seed1"]
