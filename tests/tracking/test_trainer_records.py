@@ -2,6 +2,7 @@
 
 import json
 import struct
+import sys
 
 import pytest
 
@@ -10,6 +11,8 @@ from image_classifier.tracking.registry import REGISTRY_FILE, open_registry
 from tests.conftest import REPO_ROOT, RUN_FILES, TEST_SIZE, command, run_command, run_trainer, trainer_args
 
 pytestmark = pytest.mark.slow
+
+FAULT_INJECTION = str(REPO_ROOT / "tests" / "fault_injection.py")
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -77,6 +80,16 @@ def test_training_from_a_registered_version_records_the_uri_and_the_version(data
     }
     assert manifest["arguments"]["pretrained_model_uri"] == "models:/cifar-net@production"
     assert "cifar-net version 2" in result.stderr
+
+    # Stopped and resumed, a run from a registered version ends with the bytes of the uninterrupted one.
+    args = trainer_args(dataset, experiments, "resumed", "--pretrained_model", "models:/cifar-net@production")
+    stopped = run_command([sys.executable, FAULT_INJECTION, "TERM", "evaluate:1", *args])
+    assert stopped.returncode == 143, stopped.stderr
+    resumed = run_trainer(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    resumed_manifest = json.loads((experiments / "e" / "resumed" / "run.json").read_text())
+    assert resumed_manifest["model_sha256"] == manifest["model_sha256"]
+    assert resumed_manifest["pretrained_model"]["version"] == 2
 
     # A registered file whose bytes changed is refused before any work, with one error line.
     with (experiments / "e" / "seed1" / "model.pth").open("ab") as stream:
