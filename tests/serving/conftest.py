@@ -8,8 +8,10 @@ import io
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,17 @@ def png_bytes(image_chw: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image_chw.transpose(1, 2, 0)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG of a few KB that declares width x height RGB pixels but holds only 10 rows (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + 3 * width) * 10)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
 def free_port() -> int:

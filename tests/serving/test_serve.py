@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import command
-from tests.serving.conftest import png_bytes, running_server, stop
+from tests.serving.conftest import png_bytes, png_declaring, running_server, stop
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,9 @@ def test_bad_requests_get_a_4xx_json_error_and_the_service_lives_on(served_run, 
         "too_many": lambda: httpx.post(
             url + "/predict/batch", files=[("files", (f"{i}.png", good, "image/png")) for i in range(65)]
         ),
-        "bomb": lambda: httpx.post(url + "/predict", content=bomb_png(), headers={"Content-Type": "image/png"}),
+        "bomb": lambda: httpx.post(
+            url + "/predict", content=png_declaring(30_000, 30_000), headers={"Content-Type": "image/png"}
+        ),
         "wrong_type": lambda: httpx.post(url + "/predict", content=good, headers={"Content-Type": "application/json"}),
         "batch_wrong_type": lambda: httpx.post(
             url + "/predict/batch", content=good, headers={"Content-Type": "image/png"}
@@ -155,19 +157,6 @@ def test_bad_requests_get_a_4xx_json_error_and_the_service_lives_on(served_run, 
     assert response.status_code == expected_status.get(case, 400), response.text
     assert set(response.json()) == {"error"} and response.json()["error"]
     assert post_png(url, good).status_code == 200
-
-
-def bomb_png() -> bytes:
-    """A PNG of a few KB that declares 30,000 x 30,000 pixels (900 M, 2.7 GB once decoded)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 2, 0, 0, 0)
-    rows = zlib.compress(b"\x00" * (1 + 3 * 30_000) * 10)  # only 10 of the rows: the rest never arrives
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
 def test_the_token_guards_every_route_but_health_and_never_reaches_the_log(trained_run, offline, tmp_path):
