@@ -27,3 +27,11 @@ class TrainingInterrupted(Exception):
         self.exit_code = 128 + signal_number  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
         name = signal.Signals(signal_number).name
         super().__init__(f"stopped by {name}; the checkpoint is in {work_dir}: rerun the same command with --resume")
+
+
+class RegistryError(UserError):
+    """A model name, version or alias is unknown or invalid, or a registered model's file is missing or changed."""
+
+
+class RunRecordError(UserError):
+    """A run asked for by name does not exist or cannot be read."""

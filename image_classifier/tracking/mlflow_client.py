@@ -1,0 +1,65 @@
+"""The one place that imports MLflow and makes its client, with bounded network waits.
+
+MLflow is imported here only, and only when a tracking URI is set: the embedded default (run folders and
+registry.json) needs no MLflow at all. It comes with the `image-classifier[mlflow]` extra (mlflow-skinny,
+the client; also in the prod lock so the Docker image can log to a server).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from image_classifier.errors import UserError
+from image_classifier.tracking.uri import redacted
+
+# MLflow's own defaults wait 120 s per request and retry 7 times with growing pauses: a dead server would
+# stall a run for many minutes. These bound one failing call to about a minute (15 s x 3 tries + pauses);
+# a value already set in the environment wins.
+ENVIRONMENT_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no progress bars through our log lines
+    # MLflow prints "View run ... at <server URL>" to stdout when a run ends: noise in our output, and the
+    # URL could carry credentials.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow sets up its own log handler; only its problems matter here
+}
+_REASON_LENGTH = 300
+_NETWORK_FAILURE = re.compile(
+    r"\[Errno -?\d+\][^'\")]*|Read timed out[^'\")]*|Connection aborted[^'\")]*|RemoteDisconnected[^'\")]*"
+)
+
+
+def connect(tracking_uri: str):
+    """An `MlflowClient` for tracking and for the model registry at `tracking_uri`."""
+    for name, value in ENVIRONMENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    # urllib3 warns at every retry; the callers report a failed call once, in their own words.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        raise UserError(
+            "a tracking URI is set, but MLflow is not installed: pip install 'image-classifier[mlflow]', "
+            "or unset MLFLOW_TRACKING_URI"
+        ) from None
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def short_reason(exc: BaseException, tracking_uri: str) -> str:
+    """One line about a failed MLflow call, without the credentials a tracking URI may carry."""
+    lines = str(exc).strip().splitlines()
+    text = (lines[0] if lines else "") or type(exc).__name__
+    network = _NETWORK_FAILURE.search(text)
+    if network:  # urllib3's message is a page long; its cause is what a user needs
+        text = f"no answer from the server ({network[0].strip(chr(39) + chr(34) + '()')})"
+    text = text.replace(tracking_uri, redacted(tracking_uri))
+    return text if len(text) <= _REASON_LENGTH else text[: _REASON_LENGTH - 3] + "..."
+
+
+def error_code(exc: BaseException) -> str | None:
+    """MLflow's error code (RESOURCE_DOES_NOT_EXIST, ...) of a failed call, if the server answered."""
+    return getattr(exc, "error_code", None)

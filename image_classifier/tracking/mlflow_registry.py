@@ -1,0 +1,251 @@
+"""The model registry in MLflow: the same interface as the registry file, for teams that run a server.
+
+A version is an MLflow model version whose source is the `model.pth` artifact of the run's MLflow run; its
+tags carry the sha256, the source run (EXPERIMENT/RUN) and the test accuracy. A run trained without MLflow
+is logged to it when it is registered. Resolving a version uses the run folder's own model.pth when it is
+on this machine with the registered bytes, else downloads the artifact into
+`<experiments_folder>/.mlflow-models/NAME/VERSION/`; either way the sha256 is checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from image_classifier.errors import RegistryError, UserError
+from image_classifier.tracking.files import sha256_of
+from image_classifier.tracking.mlflow_client import connect, error_code, short_reason
+from image_classifier.tracking.mlflow_logger import MODEL_SHA256_TAG, log_finished_run
+from image_classifier.tracking.records import MODEL_FILE, RunRecord
+from image_classifier.tracking.registry import (
+    MODEL_URI_PREFIX,
+    ModelVersion,
+    Registry,
+    check_alias,
+    check_model_file,
+    check_model_name,
+    parse_model_uri,
+    registrable_run,
+    source_run_of,
+)
+from image_classifier.tracking.uri import redacted
+
+logger = logging.getLogger(__name__)
+
+SHA256_TAG, SOURCE_RUN_TAG, TEST_ACCURACY_TAG = "sha256", "source_run", "test_accuracy"
+DOWNLOAD_FOLDER = ".mlflow-models"  # hidden: listings of the experiments folder skip it
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def _timestamp(milliseconds: int | None) -> str:
+    if milliseconds is None:
+        return ""
+    moment = datetime.datetime.fromtimestamp(milliseconds / 1000, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="seconds")
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "", "None") else None
+    except ValueError:
+        return None
+
+
+class MlflowRegistry(Registry):
+    def __init__(self, experiments_folder: Path, tracking_uri: str) -> None:
+        self.experiments_folder = experiments_folder
+        self.tracking_uri = tracking_uri
+        self._client = connect(tracking_uri)
+
+    @property
+    def location(self) -> str:
+        return f"the MLflow model registry at {redacted(self.tracking_uri)}"
+
+    def register(self, run_dir: Path, name: str, aliases: Sequence[str] = ()) -> ModelVersion:
+        check_model_name(name)
+        for alias in aliases:
+            check_alias(alias)
+        source_run = source_run_of(self.experiments_folder, run_dir)
+        record = registrable_run(run_dir)
+        with self._answers():
+            for existing in self._search(name):
+                if existing.tags.get(SHA256_TAG) == record.model_sha256:
+                    raise RegistryError(
+                        f"{source_run}'s model is already version {existing.version} of {name}; "
+                        f"to point an alias at it: image_classifier_runs alias {name} ALIAS {existing.version}"
+                    )
+            run_id = self._mlflow_run_with_model(record)
+            artifact_uri = self._client.get_run(run_id).info.artifact_uri
+            self._ensure_registered_model(name)
+            tags = {SHA256_TAG: record.model_sha256, SOURCE_RUN_TAG: source_run}
+            if record.test_accuracy is not None:
+                tags[TEST_ACCURACY_TAG] = str(record.test_accuracy)
+            created = self._client.create_model_version(
+                name, source=f"{artifact_uri}/{MODEL_FILE}", run_id=run_id, tags=tags
+            )
+            for alias in aliases:
+                self._client.set_registered_model_alias(name, alias, created.version)
+            return self._model_version(self._client.get_model_version(name, created.version))
+
+    def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
+        check_model_name(name)
+        check_alias(alias)
+        with self._answers():
+            self._get_version(name, version)  # refuses an unknown name or version
+            self._client.set_registered_model_alias(name, alias, str(version))
+            return self._model_version(self._client.get_model_version(name, str(version)))
+
+    def versions(self, name: str | None = None) -> list[ModelVersion]:
+        if name is not None:
+            check_model_name(name)
+        with self._answers():
+            if name is not None:
+                self._get_registered_model(name)
+            found = self._search(name)
+            # Searches do not return aliases: they come from each registered model.
+            aliases = {
+                model_name: self._get_registered_model(model_name).aliases for model_name in {v.name for v in found}
+            }
+            listed = [self._model_version(version, aliases[version.name]) for version in found]
+        return sorted(listed, key=lambda version: (version.name, version.version))
+
+    def resolve(self, uri: str) -> ModelVersion:
+        reference = parse_model_uri(uri)
+        with self._answers():
+            if reference.alias is not None:
+                self._get_registered_model(reference.name)
+                try:
+                    found = self._client.get_model_version_by_alias(reference.name, reference.alias)
+                except Exception as exc:
+                    if error_code(exc) not in (*_NOT_FOUND, "INVALID_PARAMETER_VALUE"):
+                        raise
+                    raise RegistryError(f"{uri}: {reference.name} has no alias {reference.alias!r}") from None
+            else:
+                found = self._get_version(reference.name, reference.version)
+            version = self._model_version(found)
+            return check_model_file(self._local_copy(version, found.source))
+
+    # --- MLflow calls ---
+
+    @contextlib.contextmanager
+    def _answers(self) -> Iterator[None]:
+        """Turn a failed MLflow call (server down, refused request) into one clear error line."""
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as exc:
+            reason = short_reason(exc, self.tracking_uri)
+            raise RegistryError(f"MLflow at {redacted(self.tracking_uri)}: {reason}") from None
+
+    def _search(self, name: str | None) -> list:
+        # Names follow the run-name rule (no quotes), so they are safe inside the filter string.
+        filter_string = f"name = '{name}'" if name is not None else None
+        found, token = [], None
+        while True:
+            page = self._client.search_model_versions(filter_string, page_token=token)
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+
+    def _get_registered_model(self, name: str):
+        try:
+            return self._client.get_registered_model(name)
+        except Exception as exc:
+            if error_code(exc) not in _NOT_FOUND:
+                raise
+            raise RegistryError(f"no model named {name!r} in {self.location}") from None
+
+    def _get_version(self, name: str, version: int):
+        self._get_registered_model(name)
+        try:
+            return self._client.get_model_version(name, str(version))
+        except Exception as exc:
+            if error_code(exc) not in _NOT_FOUND:
+                raise
+            raise RegistryError(f"{name} has no version {version} in {self.location}") from None
+
+    def _ensure_registered_model(self, name: str) -> None:
+        try:
+            self._client.create_registered_model(name)
+        except Exception as exc:  # it exists already: the usual case after the first version
+            if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def _mlflow_run_with_model(self, record: RunRecord) -> str:
+        """The MLflow run holding this run's model.pth (found by the model's sha256 tag), else a new one."""
+        experiment = self._client.get_experiment_by_name(record.experiment)
+        if experiment is not None:
+            runs = self._client.search_runs(
+                [experiment.experiment_id], f"tags.{MODEL_SHA256_TAG} = '{record.model_sha256}'", max_results=10
+            )
+            for run in runs:
+                if any(item.path == MODEL_FILE for item in self._client.list_artifacts(run.info.run_id)):
+                    return run.info.run_id
+        logger.info("logging %s to MLflow first: its model is not there yet", record.name)
+        run_logger = log_finished_run(self.tracking_uri, record)
+        if run_logger.error is not None:
+            raise RegistryError(f"cannot log {record.name} to MLflow ({run_logger.error})")
+        return run_logger.run_id
+
+    # --- versions and their files ---
+
+    def _model_version(self, found, aliases: dict | None = None) -> ModelVersion:
+        """Our ModelVersion of an MLflow one; `aliases` (alias: version) where `found` lacks its own."""
+        tags = dict(found.tags or {})
+        own_aliases = found.aliases or [
+            alias for alias, number in (aliases or {}).items() if str(number) == found.version
+        ]
+        source_run = tags.get(SOURCE_RUN_TAG, "")
+        run_dir = self.experiments_folder / source_run if source_run else None
+        run_dir = run_dir if run_dir is not None and run_dir.is_dir() else None
+        version = int(found.version)
+        return ModelVersion(
+            name=found.name,
+            version=version,
+            aliases=tuple(sorted(own_aliases)),
+            model_path=run_dir / MODEL_FILE if run_dir else self._download_path(found.name, version),
+            sha256=tags.get(SHA256_TAG, ""),
+            source_run=source_run,
+            run_dir=run_dir,
+            registered_at=_timestamp(found.creation_timestamp),
+            test_accuracy=_float_or_none(tags.get(TEST_ACCURACY_TAG)),
+        )
+
+    def _download_path(self, name: str, version: int) -> Path:
+        return self.experiments_folder / DOWNLOAD_FOLDER / name / str(version) / MODEL_FILE
+
+    def _local_copy(self, version: ModelVersion, source: str) -> ModelVersion:
+        """`version` with a model_path on this machine holding the registered bytes, if MLflow has them."""
+        if version.model_path.is_file() and sha256_of(version.model_path) == version.sha256:
+            return version
+        if version.run_dir is not None and version.model_path.is_file():
+            logger.warning(
+                "%s changed since it was registered; using %s%s/%s from MLflow instead",
+                version.model_path,
+                MODEL_URI_PREFIX,
+                version.name,
+                version.version,
+            )
+        target = self._download_path(version.name, version.version)
+        if not (target.is_file() and sha256_of(target) == version.sha256):
+            self._download(source, target)
+        return replace(version, model_path=target)
+
+    def _download(self, source: str, target: Path) -> None:
+        import mlflow.artifacts
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Into a temporary folder next to the target, then renamed: a half download never looks complete.
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as folder:
+            downloaded = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=folder, tracking_uri=self.tracking_uri
+            )
+            shutil.move(downloaded, target)

@@ -1,0 +1,297 @@
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from image_classifier.tracking.records import COMPLETED
+from image_classifier.tracking.registry import REGISTRY_FILE
+from image_classifier.tracking.runs import LIST_COLUMNS, MODEL_COLUMNS, build_parser, main
+from tests.conftest import command, run_command
+
+
+def _metrics(experiments: Path, run: str) -> dict:
+    return json.loads((experiments / "e" / run / "metrics.json").read_text())
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+_WITHOUT_TORCH = """
+import json, sys
+from image_classifier.tracking.runs import main
+folder = sys.argv[1]
+codes = []
+for argv in (["--help"], ["list", "--no_such_option", "x"], ["list", "--experiments_folder", folder],
+             ["show", "e/seed0", "--experiments_folder", folder], ["models", "--experiments_folder", folder],
+             ["compare", "e/seed0", "e/seed1", "--experiments_folder", folder]):
+    try:
+        codes.append(main(argv))
+    except SystemExit as exit:
+        codes.append(exit.code)
+print(json.dumps({"codes": codes, "torch": "torch" in sys.modules}))
+"""
+
+
+def test_list_show_compare_and_models_never_import_torch(trained_experiments):
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, str(trained_experiments)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"codes": [0, 2, 0, 0, 0, 0], "torch": False}
+
+
+def test_the_console_script_lists_runs(trained_experiments):
+    result = run_command([command("image_classifier_runs"), "list", "--experiments_folder", str(trained_experiments)])
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == list(LIST_COLUMNS)
+    assert [row.split()[:3] for row in rows] == [["e", "seed0", COMPLETED], ["e", "seed1", COMPLETED]]
+
+
+def test_list_as_csv_and_json_carries_each_runs_numbers(trained_experiments, capsys):
+    code, out, _ = _run(capsys, "list", "--experiments_folder", str(trained_experiments), "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == list(LIST_COLUMNS)
+    code, out, _ = _run(capsys, "list", "--experiments_folder", str(trained_experiments), "--format", "json")
+    listed = json.loads(out)
+    assert [row["run"] for row in listed] == [row["run"] for row in rows] == ["seed0", "seed1"]
+    for row, csv_row in zip(listed, rows):
+        run_json = json.loads((trained_experiments / "e" / row["run"] / "run.json").read_text())
+        metrics = _metrics(trained_experiments, row["run"])
+        assert row["test_accuracy"] == metrics["test_accuracy"] == float(csv_row["test_accuracy"])
+        assert row["seed"] == run_json["arguments"]["seed"] == int(csv_row["seed"])
+        assert (row["batch_size"], row["learning_rate"], row["momentum"]) == (10, 0.001, 0.9)
+        assert row["epochs"] == len(metrics["history"]) == 2
+        assert row["model_sha256"] == run_json["model_sha256"][:12]
+        assert row["duration_s"] == pytest.approx(sum(entry["seconds"] for entry in metrics["history"]))
+        assert row["started"] == run_json["started_at"] and row["status"] == COMPLETED and row["note"] is None
+
+
+def test_list_sorts_and_filters(trained_experiments, capsys):
+    accuracies = {run: _metrics(trained_experiments, run)["test_accuracy"] for run in ("seed0", "seed1")}
+    for descending in (False, True):
+        argv = ["list", "--experiments_folder", str(trained_experiments), "--sort", "test_accuracy", "--format", "json"]
+        code, out, _ = _run(capsys, *argv, *(["--descending"] if descending else []))
+        listed = [row["run"] for row in json.loads(out)]
+        assert listed == sorted(accuracies, key=lambda run: accuracies[run], reverse=descending)
+    code, out, _ = _run(
+        capsys, "list", "--experiments_folder", str(trained_experiments), "--experiment", "other", "--format", "json"
+    )
+    assert (code, json.loads(out)) == (0, [])
+
+
+def _damage(experiments: Path) -> dict[str, str]:
+    """Run folders in every state a listing may meet, made from a real run; the status each must show."""
+    source = experiments / "e" / "seed0"
+    manifest = json.loads((source / "run.json").read_text())
+
+    def copy(name: str, status: str | None = None) -> Path:
+        folder = experiments / "e" / name
+        shutil.copytree(source, folder)
+        if status is not None:
+            (folder / "run.json").write_text(json.dumps({**manifest, "status": status}))
+        return folder
+
+    for status in ("running", "interrupted", "failed"):
+        folder = copy(f"{status}.incomplete", status)
+        (folder / "metrics.json").unlink()
+    copy("starting.incomplete")
+    (experiments / "e" / "starting.incomplete" / "run.json").unlink()
+    half = copy("half_written")
+    (half / "metrics.json").write_text((source / "metrics.json").read_text()[:40])
+    copy("no_run_json")
+    (experiments / "e" / "no_run_json" / "run.json").unlink()
+    copy("not_an_object")
+    (experiments / "e" / "not_an_object" / "run.json").write_text("[1, 2]")
+    old = copy("old_version")
+    old_manifest = {key: value for key, value in manifest.items() if key not in ("status", "model_sha256")}
+    (old / "run.json").write_text(json.dumps(old_manifest))
+    metrics = json.loads((source / "metrics.json").read_text())
+    old_metrics = {"test_accuracy": metrics["test_accuracy"], "class_accuracy": metrics["class_accuracy"]}
+    (old / "metrics.json").write_text(json.dumps(old_metrics))
+    (experiments / "e" / "stray_file.txt").write_text("not a run")
+    return {
+        "running": "running",
+        "interrupted": "interrupted",
+        "failed": "failed",
+        "starting": "interrupted",
+        "half_written": "unreadable",
+        "no_run_json": "unreadable",
+        "not_an_object": "unreadable",
+        "old_version": "completed",
+        "seed0": "completed",
+        "seed1": "completed",
+    }
+
+
+def test_unfinished_old_and_damaged_runs_are_listed_with_a_reason(experiments, capsys):
+    expected = _damage(experiments)
+    (experiments / REGISTRY_FILE).write_text("{not json")
+    code, out, err = _run(capsys, "list", "--experiments_folder", str(experiments), "--format", "json")
+    assert code == 0
+    listed = {row["run"]: row for row in json.loads(out)}
+    assert {run: row["status"] for run, row in listed.items()} == expected
+    for run in expected:
+        assert (listed[run]["note"] is None) == (run in ("seed0", "seed1")), (run, listed[run]["note"])
+    assert "not valid JSON" in listed["half_written"]["note"] and "no run.json" in listed["no_run_json"]["note"]
+    assert "older version" in listed["old_version"]["note"] and listed["old_version"]["test_accuracy"] is not None
+    assert "--resume" in listed["interrupted"]["note"]
+    assert "registered versions not shown" in err and "is damaged" in err  # a bad registry: one warning
+    code, out, _ = _run(capsys, "list", "--experiments_folder", str(experiments))  # the table, too
+    assert code == 0 and len(out.splitlines()) == 1 + len(expected)
+    for run in expected:
+        assert _run(capsys, "show", f"e/{run}", "--experiments_folder", str(experiments))[0] == 0
+    code, out, _ = _run(
+        capsys,
+        "compare",
+        "e/seed0",
+        "e/half_written",
+        "e/old_version",
+        "e/running",
+        "--experiments_folder",
+        str(experiments),
+    )
+    assert code == 0 and "note: e/half_written is unreadable" in out
+
+
+def test_show_prints_arguments_environment_epochs_and_files(trained_experiments, capsys):
+    code, out, _ = _run(capsys, "show", "e/seed1", "--experiments_folder", str(trained_experiments))
+    assert code == 0
+    run_json = json.loads((trained_experiments / "e" / "seed1" / "run.json").read_text())
+    for expected in (
+        "run e/seed1",
+        "arguments",
+        "learning_rate",
+        "environment",
+        "versions.torch",
+        "metrics per epoch",
+        "test accuracy per class",
+        "files (bytes)",
+        "model.pth",
+        run_json["model_sha256"],
+        run_json["versions"]["torch"],
+    ):
+        assert expected in out, expected
+    code, out, _ = _run(capsys, "show", "e/seed1", "--experiments_folder", str(trained_experiments), "--format", "json")
+    shown = json.loads(out)
+    assert shown["run_json"] == run_json and shown["metrics"] == _metrics(trained_experiments, "seed1")
+    assert shown["files"]["model.pth"] == (trained_experiments / "e" / "seed1" / "model.pth").stat().st_size
+
+
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        ("e/nope", "no run e/nope in .*runs of e: seed0, seed1"),
+        ("e", "is not EXPERIMENT/RUN"),
+        ("e/../x", "invalid run name"),
+    ],
+)
+def test_show_of_an_unknown_run_is_one_error_line(trained_experiments, capsys, reference, message):
+    code, out, err = _run(capsys, "show", reference, "--experiments_folder", str(trained_experiments))
+    assert (code, out) == (1, "")
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert __import__("re").search(message, err), err
+
+
+def test_compare_shows_differences_side_by_side_and_plots_curves(trained_experiments, capsys, tmp_path):
+    folder = str(trained_experiments)
+    code, out, _ = _run(
+        capsys, "compare", "e/seed0", "e/seed1", "--experiments_folder", folder, "--plot", str(tmp_path / "a.png")
+    )
+    assert code == 0
+    arguments, finals, classes = out.split("\n\n")[:3]
+    assert arguments.splitlines()[2].split() == ["seed", "0", "1"]  # the one argument that differs
+    accuracy = [_metrics(trained_experiments, run)["test_accuracy"] for run in ("seed0", "seed1")]
+    accuracy_line = next(line for line in finals.splitlines() if line.strip().startswith("test_accuracy"))
+    assert accuracy_line.split() == [
+        "test_accuracy",
+        f"{accuracy[0]:.4g}",
+        f"{accuracy[1]:.4g}",
+        f"({accuracy[1] - accuracy[0]:+.4g})",
+    ]
+    assert "plane" in classes and "truck" in classes
+    code, out, _ = _run(
+        capsys, "compare", "e/seed0", "e/seed0", "--experiments_folder", folder, "--plot", str(tmp_path / "b.png")
+    )
+    assert "arguments that differ\n  (none)" in out
+    first, same = (tmp_path / "a.png").read_bytes(), (tmp_path / "b.png").read_bytes()
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and len(first) > 20_000
+    assert first != same  # different runs, different curves
+
+
+def test_compare_needs_two_runs_and_a_writable_plot(trained_experiments, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "e/seed0", "--experiments_folder", str(trained_experiments)])
+    assert exit_info.value.code == 2
+    code, _, err = _run(
+        capsys,
+        "compare",
+        "e/seed0",
+        "e/seed1",
+        "--experiments_folder",
+        str(trained_experiments),
+        "--plot",
+        str(tmp_path / "missing" / "x.png"),
+    )
+    assert code == 1 and "cannot write the plot" in err
+
+
+def test_register_alias_and_models(experiments, capsys):
+    folder = str(experiments)
+    code, out, _ = _run(
+        capsys, "register", "e/seed0", "--name", "cifar-net", "--alias", "production", "--experiments_folder", folder
+    )
+    assert code == 0 and "cifar-net version 1 (aliases: production)" in out and "models:/cifar-net/1" in out
+    assert _run(capsys, "register", "e/seed1", "--name", "cifar-net", "--experiments_folder", folder)[0] == 0
+    code, out, _ = _run(capsys, "alias", "cifar-net", "production", "2", "--experiments_folder", folder)
+    assert code == 0 and "models:/cifar-net@production is now cifar-net version 2" in out
+    code, out, _ = _run(capsys, "models", "--experiments_folder", folder, "--format", "json")
+    models = json.loads(out)
+    assert [list(row) for row in models] == [list(MODEL_COLUMNS)] * 2
+    assert [(m["version"], m["aliases"], m["source_run"]) for m in models] == [
+        (1, [], "e/seed0"),
+        (2, ["production"], "e/seed1"),
+    ]
+    assert models[1]["test_accuracy"] == _metrics(experiments, "seed1")["test_accuracy"]
+    code, out, _ = _run(capsys, "models", "cifar-net", "--experiments_folder", folder)
+    assert code == 0 and len(out.splitlines()) == 3
+    code, out, _ = _run(capsys, "list", "--experiments_folder", folder, "--format", "json")
+    assert [row["versions"] for row in json.loads(out)] == [["cifar-net/1"], ["cifar-net/2@production"]]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["register", "e/seed0", "--name", "bad name"], "invalid model name"),
+        (["register", "e/nope", "--name", "m"], "no run e/nope"),
+        (["alias", "nope", "prod", "1"], "no model named 'nope'"),
+        (["models", "nope"], "no model named 'nope'"),
+    ],
+)
+def test_registry_mistakes_are_one_error_line(experiments, capsys, argv, message):
+    code, out, err = _run(capsys, *argv, "--experiments_folder", str(experiments))
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_usage_errors_never_echo_a_value(capsys):
+    for argv in (
+        ["list", "--db_pass", "S3cret-value"],
+        ["models", "--password=S3cret-value"],
+        ["alias", "a", "b", "0"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert "S3cret-value" not in capsys.readouterr().err
+    help_text = build_parser().format_help()
+    assert all(name in help_text for name in ("list", "show", "compare", "register", "alias", "models"))
