@@ -35,9 +35,18 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 def decode_image(payload: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The model input for one image file's bytes: uint8 3 x 32 x 32. Raises ImageError for bad input."""
+    return convert_image(open_image(payload, max_pixels))
+
+
+def open_image(payload: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read the header only (format and declared size), quickly; refuse what is not an image or too large."""
     if not payload:
         raise ImageError("empty image: no bytes were sent")
-    image = _open(payload, max_pixels)
+    return _open(payload, max_pixels)
+
+
+def convert_image(image: Image.Image) -> np.ndarray:
+    """Decode the pixels of an opened image and convert them per the module's rule: uint8 3 x 32 x 32."""
     try:
         rgb = _to_rgb_32(image)
     except Image.DecompressionBombError as exc:
@@ -50,7 +59,6 @@ def decode_image(payload: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
 
 
 def _open(payload: bytes, max_pixels: int) -> Image.Image:
-    """Read the header only: format and declared size; refuse what is not an image or declares too much."""
     try:
         # Pillow's own bomb check only warns below twice its MAX_IMAGE_PIXELS (89 M); ours, below, is stricter.
         # (warnings.catch_warnings would silence it, but is not thread-safe, and decoding runs in threads.)
