@@ -299,9 +299,11 @@ def _lifespan(state: ServiceState):
         state.batcher.start()
         loop = asyncio.get_running_loop()
         reloadable = registry_client.is_alias_uri(settings.model.model)
-        on_signal = reloadable and threading.current_thread() is threading.main_thread()
+        # Signal handlers belong to the main thread (not so under TestClient). SIGHUP is handled even when there
+        # is nothing to re-resolve: its default action would kill the service.
+        on_signal = threading.current_thread() is threading.main_thread()
         if on_signal:
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_model(state, "SIGHUP")))
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_on_sighup(state, reloadable)))
         periodic = loop.create_task(_reload_every(state)) if reloadable and settings.reload_every else None
         logger.info("serving %s (sha256 %s)", settings.model.model, state.model.info.sha256[:12])
         try:
@@ -354,6 +356,16 @@ async def reload_model(state: ServiceState, reason: str) -> None:
             candidate.info.registry_version,
             candidate.info.sha256[:12],
             current.info.registry_version,
+        )
+
+
+async def _on_sighup(state: ServiceState, reloadable: bool) -> None:
+    if reloadable:
+        await reload_model(state, "SIGHUP")
+    else:
+        logger.info(
+            "SIGHUP: %s is not a models:/NAME@ALIAS model, so there is nothing to re-resolve",
+            state.settings.model.model,
         )
 
 

@@ -235,3 +235,27 @@ def test_help_and_usage_errors_do_not_import_torch():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
     assert "--reload_every needs a model given as models:/NAME@ALIAS" in result.stderr
+
+
+def test_serving_never_imports_the_training_code():
+    probe = (
+        "import sys\n"
+        "import image_classifier.serving.app, image_classifier.serving.serve, image_classifier.serving.predict\n"
+        "import image_classifier.serving.model_source, image_classifier.serving.registry_client as r\n"
+        "r.is_model_uri('models:/x@y')\n"
+        "training = {'image_classifier.trainer', 'image_classifier.model.training', 'image_classifier.run_dir'}\n"
+        "print(sorted(training & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_sighup_on_a_run_folder_is_logged_and_does_not_stop_the_service(served_run):
+    served_run.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 120
+    while "nothing to re-resolve" not in served_run.log():
+        assert time.monotonic() < deadline, served_run.log()
+        time.sleep(0.2)
+    assert served_run.process.poll() is None
+    assert httpx.get(served_run.url + "/ready", timeout=60).status_code == 200
