@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -259,3 +260,14 @@ def test_sighup_on_a_run_folder_is_logged_and_does_not_stop_the_service(served_r
         time.sleep(0.2)
     assert served_run.process.poll() is None
     assert httpx.get(served_run.url + "/ready", timeout=60).status_code == 200
+
+
+def test_the_readme_documents_every_option_of_both_commands():
+    from image_classifier.serving import predict, serve
+    from tests.conftest import REPO_ROOT
+
+    section = (REPO_ROOT / "README.md").read_text().split("## 12. Serving predictions")[1].split("\n## 13.")[0]
+    documented = set(re.findall(r"`(--?[a-z_]+)[` ]", section))
+    for module in (serve, predict):
+        options = {o for action in module.build_parser()._actions for o in action.option_strings}
+        assert options - {"-h", "--help", "--version"} <= documented, options - documented
