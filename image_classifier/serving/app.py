@@ -38,7 +38,7 @@ from image_classifier.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
-# Raw bodies are accepted with these types; the bytes decide the format (among FORMATS), not the header.
+# Raw bodies are accepted with these types; the bytes decide the format (PNG, JPEG, ...), not the header.
 RAW_IMAGE_TYPES = frozenset(
     {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bmp", "image/gif", "image/webp"}
     | {"application/octet-stream"}
