@@ -6,6 +6,8 @@
 # body and multipart), checks the JSON answers against the run's classes and model sha256, checks that the
 # service runs as uid 1000 and stops with status 0 on `docker stop` (SIGTERM), and removes the container even
 # when a check fails. Needs docker, curl and python3 (standard library only) on the host.
+# CHECK_NETWORK=host runs the container on the host's network (on a free port) instead of publishing 8000,
+# for engines without bridge networking.
 set -euo pipefail
 
 usage="usage: check_serving.sh IMAGE RUN_DIR"
@@ -29,10 +31,17 @@ cleanup() {
 trap cleanup EXIT
 
 log "starting image_classifier_serve in a container of $image"
-docker run --detach --name "$name" --publish 127.0.0.1::8000 --volume "$run_dir:/model:ro" \
-    --entrypoint image_classifier_serve "$image" --model /model --host 0.0.0.0 --port 8000 >/dev/null
-port="$(docker port "$name" 8000/tcp | head -n 1)"
-url="http://127.0.0.1:${port##*:}"
+if [ "${CHECK_NETWORK:-}" = host ]; then
+    port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    docker run --detach --name "$name" --network host --volume "$run_dir:/model:ro" \
+        --entrypoint image_classifier_serve "$image" --model /model --host 127.0.0.1 --port "$port" >/dev/null
+else
+    docker run --detach --name "$name" --publish 127.0.0.1::8000 --volume "$run_dir:/model:ro" \
+        --entrypoint image_classifier_serve "$image" --model /model --host 0.0.0.0 --port 8000 >/dev/null
+    port="$(docker port "$name" 8000/tcp | head -n 1)"
+    port="${port##*:}"
+fi
+url="http://127.0.0.1:$port"
 
 for _ in $(seq "$READY_TIMEOUT_S"); do
     curl -fsS "$url/ready" >/dev/null 2>&1 && break
