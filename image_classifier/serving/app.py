@@ -193,6 +193,7 @@ class ServiceState:
     model: ServedModel | None = None
     batcher: MicroBatcher | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: set = field(default_factory=set)  # the event loop keeps only weak references to tasks
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, ServedModel]:
         """Runs in the inference thread; one model for the whole batch, even if a reload swaps it meanwhile."""
@@ -303,7 +304,9 @@ def _lifespan(state: ServiceState):
         # is nothing to re-resolve: its default action would kill the service.
         on_signal = threading.current_thread() is threading.main_thread()
         if on_signal:
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_on_sighup(state, reloadable)))
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: _keep(state, loop.create_task(_on_sighup(state, reloadable)))
+            )
         periodic = loop.create_task(_reload_every(state)) if reloadable and settings.reload_every else None
         logger.info("serving %s (sha256 %s)", settings.model.model, state.model.info.sha256[:12])
         try:
@@ -342,7 +345,9 @@ async def reload_model(state: ServiceState, reason: str) -> None:
             and candidate.info.registry_version == current.info.registry_version
         ):
             state.metrics.reloads.labels("unchanged").inc()
-            logger.info(
+            # Periodic checks that find nothing new would fill the log: only a signal's answer is shown.
+            log = logger.info if reason == "SIGHUP" else logger.debug
+            log(
                 "reload (%s): %s is still version %s", reason, state.settings.model.model, current.info.registry_version
             )
             return
@@ -357,6 +362,11 @@ async def reload_model(state: ServiceState, reason: str) -> None:
             candidate.info.sha256[:12],
             current.info.registry_version,
         )
+
+
+def _keep(state: ServiceState, task: asyncio.Task) -> None:
+    state.tasks.add(task)
+    task.add_done_callback(state.tasks.discard)
 
 
 async def _on_sighup(state: ServiceState, reloadable: bool) -> None:

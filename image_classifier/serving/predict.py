@@ -20,13 +20,16 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from image_classifier import __version__
 from image_classifier.cli import ArgumentParser, add_verbose_option, configure_logging, exit_code_of, positive_int
 from image_classifier.serving.images import FILE_SUFFIXES
 from image_classifier.serving.options import add_image_options, add_model_options, model_request_from
 from image_classifier.serving.settings import OUTPUT_FORMATS, PredictSettings
+
+if TYPE_CHECKING:  # model_source imports torch, which --help must not wait for
+    from image_classifier.serving.model_source import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +132,7 @@ def classify(settings: PredictSettings, out: TextIO) -> int:
     return 1 if any(result.error for result in results) else 0
 
 
-def write_results(results: list[FileResult], info, output_format: str, out: TextIO) -> None:
+def write_results(results: list[FileResult], info: ModelInfo, output_format: str, out: TextIO) -> None:
     if output_format == "json":
         model = {
             "sha256": info.sha256,
