@@ -6,8 +6,10 @@ Starts two services on 127.0.0.1 (free ports) from the same model: the default s
 images a forward pass) and `--max_batch_size 1` (one image a forward pass). Against each, for 1, 8 and 32
 concurrent clients that each send a fixed number of requests back to back on one keep-alive connection, it
 measures POST /predict (a 32 x 32 PNG as the raw body) and, as the ceiling of what the server and this
-client can do at all, GET /health. Prints a Markdown table and the two ratios the README quotes; stops the
-services. Only loopback is used, and the load is bounded by --requests.
+client can do at all, GET /health. Besides rates and latencies it reports the CPU time the server process
+spent per request (all its threads, from /proc: Linux only) and the mean images per forward pass (from the
+service's /metrics). Prints a Markdown table and the two ratios the README quotes; stops the services.
+Only loopback is used, and the load is bounded by --requests.
 
 The clients are a minimal HTTP/1.1 client on asyncio streams in this one process, so that the client's own
 overhead is small and the same for every route.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import platform
@@ -45,6 +48,12 @@ class Result:
     requests: int
     seconds: float
     latencies: list[float]
+    server_cpu_s: float  # CPU time the server process used during the measurement (user + system)
+    images_per_batch: float | None  # mean images per forward pass, for /predict
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.server_cpu_s / self.requests * 1e6
 
     @property
     def per_second(self) -> float:
@@ -122,11 +131,47 @@ async def load(port: int, request: bytes, clients: int, count: int) -> tuple[flo
     return time.perf_counter() - started, latencies
 
 
-def measure(server: str, port: int, route: str, body: bytes | None, clients: int, count: int, warmup: int) -> Result:
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's threads so far, from /proc (Linux): schedstat counts nanoseconds, where
+    /proc/PID/stat counts 10 ms ticks."""
+    total_ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            total_ns += int((task / "schedstat").read_text().split()[0])
+    return total_ns / 1e9
+
+
+def batch_counters(port: int) -> tuple[float, float]:
+    """(forward passes, images) so far, from the service's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("image_classifier_batch_size_")
+    }
+    return values["image_classifier_batch_size_count"], values["image_classifier_batch_size_sum"]
+
+
+def measure(
+    server: str,
+    process: subprocess.Popen,
+    port: int,
+    route: str,
+    body: bytes | None,
+    clients: int,
+    count: int,
+    warmup: int,
+) -> Result:
     request = request_bytes(route, body)
     asyncio.run(load(port, request, clients, warmup))
+    batches_before, images_before = batch_counters(port)
+    cpu_before = server_cpu_seconds(process.pid)
     seconds, latencies = asyncio.run(load(port, request, clients, count))
-    return Result(server, route, clients, clients * count, seconds, latencies)
+    cpu = server_cpu_seconds(process.pid) - cpu_before
+    batches, images = (after - before for after, before in zip(batch_counters(port), (batches_before, images_before)))
+    per_batch = images / batches if route == "/predict" and batches else None
+    return Result(server, route, clients, clients * count, seconds, latencies, cpu, per_batch)
 
 
 def test_png() -> bytes:
@@ -151,22 +196,23 @@ def main() -> None:
     plan = [(server, route, count) for server, route, count in plan if route == "/predict" or not servers[server]]
     best: dict[tuple, Result] = {}
     with tempfile.TemporaryDirectory() as logs:
-        ports, processes = {}, []
+        ports, processes = {}, {}
         try:
             for index, (server, extra) in enumerate(servers.items()):
-                process, ports[server] = start_server(args.model, extra, Path(logs) / f"{index}.log")
-                processes.append(process)
+                processes[server], ports[server] = start_server(args.model, extra, Path(logs) / f"{index}.log")
             # Every measurement is repeated, interleaved with the others, and the best kept: the machine's
             # other work makes single runs vary by 20-35 %.
             for _ in range(args.repeats):
                 for server, route, count in plan:
                     body = png if route == "/predict" else None
-                    result = measure(server, ports[server], route, body, count, args.requests, args.warmup)
+                    result = measure(
+                        server, processes[server], ports[server], route, body, count, args.requests, args.warmup
+                    )
                     key = (server, route, count)
                     if key not in best or result.per_second > best[key].per_second:
                         best[key] = result
         finally:
-            for process in processes:
+            for process in processes.values():
                 stop_server(process)
     results = list(best.values())
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python {platform.python_version()}")
@@ -174,11 +220,17 @@ def main() -> None:
         f"{args.requests} requests per client (after {args.warmup} warm-up), one keep-alive connection each; "
         f"best of {args.repeats} interleaved runs\n"
     )
-    print("| route | server | clients | requests/s | p50 ms | p95 ms | p99 ms |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    header = (
+        "| route | server | clients | requests/s | p50 ms | p95 ms | p99 ms | server CPU µs/request | images/pass |"
+    )
+    print(header)
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in sorted(results, key=lambda r: (r.route != "/predict", r.server, r.clients)):
         row = f"| `{r.route}` | {r.server} | {r.clients} | {r.per_second:,.0f} | "
-        print(row + f"{r.percentile(50):.1f} | {r.percentile(95):.1f} | {r.percentile(99):.1f} |")
+        row += (
+            f"{r.percentile(50):.1f} | {r.percentile(95):.1f} | {r.percentile(99):.1f} | {r.cpu_us_per_request:.0f} | "
+        )
+        print(row + (f"{r.images_per_batch:.1f} |" if r.images_per_batch is not None else "|"))
     most = max(clients)
 
     def rate(server: str, route: str) -> float:
