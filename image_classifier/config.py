@@ -7,11 +7,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from image_classifier.errors import UserError
+from image_classifier.run_dir import INCOMPLETE_SUFFIX
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
 # Arguments that change how a run goes but never its results: a resumed or reproduced run may differ here.
-RESULT_NEUTRAL_FIELDS = ("num_workers", "checkpoint_every", "resume", "verbose")
+RESULT_NEUTRAL_FIELDS = ("num_workers", "checkpoint_every", "resume", "force", "verbose")
 
 
 @dataclass(frozen=True)
@@ -26,16 +27,23 @@ class TrainConfig:
     num_workers: int = 2
     batch_size: int = 4
     pretrained_model: Path | None = None
+    # --pretrained_model models:/NAME/VERSION or models:/NAME@ALIAS as given, and the version it resolved to
+    # (tracking/pretrained.py then sets pretrained_model to that version's file).
+    pretrained_model_uri: str | None = None
+    pretrained_model_version: int | None = None
     seed: int = 0
     device: str = "auto"
     deterministic: bool = True
     checkpoint_every: int = 0
     resume: bool = False
+    force: bool = False
     verbose: bool = False
 
     def __post_init__(self) -> None:
         for label, name in (("experiment name", self.experiment_name), ("run name", self.run_name)):
             check_name(label, name)
+        if self.run_name.endswith(INCOMPLETE_SUFFIX):
+            raise UserError(f"invalid run name {self.run_name!r}: '{INCOMPLETE_SUFFIX}' marks unfinished runs")
 
     @property
     def run_dir(self) -> Path:

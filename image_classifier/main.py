@@ -34,6 +34,9 @@ from image_classifier.cli import (
     seed_int,
 )
 from image_classifier.config import TrainConfig
+from image_classifier.errors import UserError
+from image_classifier.tracking.registry import is_model_uri
+from image_classifier.tracking.uri import TRACKING_URI_ENV, tracking_uri_from
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained_model",
         type=Path,
         default=None,
-        help="state_dict to start from: relative to --experiments_folder (e.g. exp/run/model.pth) or absolute",
+        help="state_dict to start from: relative to --experiments_folder (e.g. exp/run/model.pth) or absolute, "
+        "or a registered version: models:/NAME/VERSION or models:/NAME@ALIAS",
+    )
+    run.add_argument(
+        "--mlflow_tracking_uri",
+        default=None,
+        help=f"also log the run to this MLflow tracking server (default: ${TRACKING_URI_ENV}; neither set: no "
+        "MLflow); models:/ names then come from its model registry",
     )
     add_password_option(run)
 
@@ -117,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the interrupted run of this experiment and run name from its last checkpoint",
     )
+    recovery.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue even on another device, torch version or code than the run's "
+        "(recorded in run.json)",
+    )
     add_verbose_option(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -125,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     # Every TrainConfig field is an option of the same name. Paths stay as given (relative to the working
     # directory), so run.json holds no machine's layout.
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
-    if args.pretrained_model is not None and not args.pretrained_model.is_absolute():
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig) if field.name in args}
+    if args.pretrained_model is not None and is_model_uri(str(args.pretrained_model)):
+        # A registered version: the trainer resolves it (and checks its bytes) before any work.
+        values["pretrained_model"], values["pretrained_model_uri"] = None, str(args.pretrained_model)
+    elif args.pretrained_model is not None and not args.pretrained_model.is_absolute():
         values["pretrained_model"] = args.experiments_folder / args.pretrained_model
     return TrainConfig(**values)
 
@@ -147,15 +166,21 @@ def check_device_exists(parser: argparse.ArgumentParser, device: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except UserError as exc:  # a bad --run_name or --experiment_name is a bad option value
+        parser.error(str(exc))
+    if config.force and not config.resume:
+        parser.error("--force only applies with --resume")
     password = password_from(parser, args.db_pass)
-    check_device_exists(parser, args.device)
-    configure_logging(args.verbose)
+    check_device_exists(parser, config.device)
+    configure_logging(config.verbose)
 
     def train() -> int:
         # Imported here so that --help and usage errors answer at once, without loading torch.
         from image_classifier.trainer import run_training
 
-        run_dir = run_training(config_from_args(args), password)
+        run_dir = run_training(config, password, tracking_uri_from(args.mlflow_tracking_uri))
         print(f"run written to {run_dir}")
         return 0
 

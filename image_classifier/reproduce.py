@@ -24,9 +24,10 @@ from image_classifier.cli import (
 from image_classifier.config import TrainConfig
 from image_classifier.data.database import Secret
 from image_classifier.errors import UserError
+from image_classifier.manifest import differences, start_environment
 from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
 
-TIMING_FIELDS = ("seconds",)
+TIMING_FIELDS = ("seconds", "images_per_second")  # wall-clock measurements, different in every run
 
 
 def build_parser() -> ArgumentParser:
@@ -67,41 +68,60 @@ def metric_differences(recorded: dict, reproduced: dict) -> list[str]:
     ]
 
 
-def _flatten(value, prefix: str = "") -> dict:
-    if isinstance(value, dict):
-        flat = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): value}
-
-
 def environment_differences(recorded: dict, reproduced: dict) -> list[str]:
     """What besides the code path could explain different bytes, from the two run.json manifests."""
-    sections = ("versions", "platform", "git", "lock_files", "dataset", "determinism")
-    before = _flatten({key: recorded.get(key) for key in sections})
-    after = _flatten({key: reproduced.get(key) for key in sections})
-    return [
-        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
-        for key in sorted(before.keys() | after.keys())
-        if before.get(key) != after.get(key) and key != "dataset.folder"
-    ]
+    sections = ("dataset", "determinism", "pretrained_model")
+    before = {**start_environment(recorded), **{key: recorded.get(key) for key in sections}}
+    after = {**start_environment(reproduced), **{key: reproduced.get(key) for key in sections}}
+    # Paths differ with the directory a run is started from; the files' hashes are what count.
+    return differences(before, after, ignore=("dataset.folder", "pretrained_model.path"))
+
+
+def origin_directory(run_dir: Path, experiments_folder: Path) -> Path:
+    """The directory a run was started from, where the relative paths in its run.json begin.
+
+    The run lives in <origin>/<experiments_folder>/<experiment>/<run>, so it is found from the run's own
+    place; reproducing then works from any directory, the experiment folder too.
+    """
+    experiments_root = run_dir.parent.parent
+    parts = experiments_folder.parts
+    if experiments_folder.is_absolute() or experiments_root.parts[len(experiments_root.parts) - len(parts) :] != parts:
+        return Path.cwd()  # moved, or recorded with an absolute folder: paths are taken as they are
+    return Path(*experiments_root.parts[: len(experiments_root.parts) - len(parts)])
+
+
+def _check_pretrained_unchanged(path: Path | None, record: dict | None) -> None:
+    if path is None or not record:
+        return
+    if not path.is_file():
+        raise UserError(f"the run started from {path}, which is not there any more")
+    now = sha256_of(path)
+    if now != record["sha256"]:
+        raise UserError(
+            f"the run started from {path}, whose bytes changed since (sha256 {record['sha256']} then, {now} now)"
+        )
 
 
 def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = None) -> tuple[Path, bool, list[str]]:
     """Re-run `run_dir`; return the new run directory, whether it matched, and the report's lines."""
+    run_dir = run_dir.resolve()  # "." or "run_1" from inside the experiment folder name the run too
     if not (run_dir / RUN_FILE).is_file():
         raise UserError(f"{run_dir} is not a completed run: it has no {RUN_FILE}")
     manifest = read_json(run_dir / RUN_FILE)
     if manifest.get("status") != "completed":
         raise UserError(f"{run_dir} did not complete (status {manifest.get('status')!r}); nothing to reproduce")
     recorded = TrainConfig.from_dict(manifest["arguments"])
+    origin = origin_directory(run_dir, recorded.experiments_folder)
+    pretrained = origin / recorded.pretrained_model if recorded.pretrained_model is not None else None
+    _check_pretrained_unchanged(pretrained, manifest.get("pretrained_model"))
     config = dataclasses.replace(
         recorded,
         experiments_folder=run_dir.parent.parent,
         experiment_name=run_dir.parent.name,
         run_name=next_repro_name(run_dir),
-        dataset_folder=dataset_folder or recorded.dataset_folder,
+        dataset_folder=dataset_folder or origin / recorded.dataset_folder,
+        pretrained_model=pretrained,
+        device=manifest.get("device", recorded.device),  # the device it ran on, not "auto"
         resume=False,
     )
     # Imported here so that --help and usage errors answer at once, without loading torch.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import random
@@ -104,6 +105,26 @@ def _git_state() -> dict | None:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
+def _build_commit() -> str | None:
+    """The commit setuptools-scm saw when this copy of the package was built (a wheel, an image)."""
+    try:
+        from image_classifier._version import commit_id
+    except ImportError:  # a source tree that was never built or installed
+        return None
+    return commit_id.removeprefix("g") if commit_id else None
+
+
+def code_sha256() -> str:
+    """One hash over the package's source files: the code that ran, however it was installed."""
+    package_dir = Path(image_classifier.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*")):
+        # The version file differs between builds of the same code; bytecode follows the sources.
+        if path.suffix in (".py", ".yaml") and path.name != "_version.py":
+            digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def _lock_file_record() -> dict | None:
     record = Path(sys.prefix) / LOCK_RECORD_FILE
     if not record.is_file():
@@ -113,20 +134,27 @@ def _lock_file_record() -> dict | None:
 
 
 def environment_facts() -> dict:
-    """What besides code, data and arguments can change a run's bytes: versions, platform, lock file."""
+    """What besides data and arguments can change a run's bytes: code, versions, platform, lock files."""
+    git = _git_state()
     return {
+        "code": {
+            "commit": git["commit"] if git else _build_commit(),
+            "sha256": code_sha256(),
+        },
         "versions": {
             "image_classifier": image_classifier.__version__,
             "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torch": str(torch.__version__),  # a TorchVersion, which weights_only loading refuses
+            "torchvision": str(torchvision.__version__),
             "numpy": np.__version__,
         },
         "platform": {
             "system": platform.platform(),
             "machine": platform.machine(),
             "cuda": torch.version.cuda,
+            # The widest vector instructions PyTorch's CPU kernels use here (AVX2, AVX512...): they change sums.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },
-        "git": _git_state(),
+        "git": git,
         "lock_files": _lock_file_record(),
     }

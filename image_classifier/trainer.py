@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from image_classifier.config import TrainConfig
 from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches
 from image_classifier.data.database import Secret, load_settings
 from image_classifier.errors import RunDirectoryError, TrainingInterrupted, UserError
+from image_classifier.manifest import differences, last_environment
 from image_classifier.model.model import build_model, load_weights, read_state_dict
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
@@ -31,12 +34,26 @@ from image_classifier.reproducibility import (
     restore_rng_state,
     seed_everything,
 )
-from image_classifier.run_dir import METRICS_FILE, RUN_FILE, RunDirectory
-from image_classifier.visualization.plot import plot_metrics
+from image_classifier.run_dir import (
+    CONFUSION_MATRIX_FILE,
+    CURVES_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    RUN_FILE,
+    RunDirectory,
+    sha256_of,
+)
+from image_classifier.tracking.pretrained import resolve_pretrained_model
+from image_classifier.tracking.run_logger import open_run_logger
+from image_classifier.visualization.plot import plot_confusion_matrix, plot_curves, plot_metrics
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+
+# What --resume refuses to mix into one run (unless --force): each changes the bytes the run produces.
+# Other environment differences (CPU capability, platform, numpy...) are recorded and warned about.
+RESUME_MUST_MATCH = ("device", "versions.torch", "code.sha256")
 
 
 class StopSignals:
@@ -69,6 +86,7 @@ class RunState:
     """What changes as the run goes on; saved in every checkpoint."""
 
     progress: EpochProgress
+    manifest: dict  # what run.json says; kept in the checkpoint, so a resume never depends on run.json
     order: torch.Tensor | None = None  # this epoch's data order, drawn when the epoch starts
     history: list[dict] = dataclasses.field(default_factory=list)
 
@@ -89,6 +107,24 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def epoch_record(progress: EpochProgress, metrics: dict, train_seconds: float, train_images: int) -> dict:
+    """One entry of metrics.json's history: the epoch's losses, accuracies, time and training throughput."""
+    return {
+        "epoch": progress.epoch,
+        "train_loss": progress.mean_loss,
+        "test_loss": metrics["test_loss"],
+        "test_accuracy": metrics["test_accuracy"],
+        "class_accuracy": metrics["class_accuracy"],
+        "seconds": round(progress.seconds, 3),
+        # Training only (evaluation excluded), over every process that worked on this epoch (resumes).
+        "images_per_second": round(train_images / train_seconds, 1) if train_seconds > 0 else None,
+    }
+
+
+def _ignore_epoch(entry: dict) -> None:
+    pass
+
+
 @dataclasses.dataclass
 class TrainingSession:
     """The fixed parts of a run, with the operations that need several of them at once."""
@@ -100,21 +136,25 @@ class TrainingSession:
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator  # the data order's own generator
     run_dir: RunDirectory
+    on_epoch: Callable[[dict], None] = _ignore_epoch  # told each epoch's history entry (tracking)
 
     def save_checkpoint(self, state: RunState) -> None:
-        checkpoint = {
+        self.run_dir.save_checkpoint(self.checkpoint(state))
+
+    def checkpoint(self, state: RunState) -> dict:
+        return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.result_fields(),
             "dataset_sha256": self.data.file_sha256,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "progress": dataclasses.asdict(state.progress),
+            "manifest": state.manifest,
             "order": state.order,
             "history": state.history,
             "rng": {**capture_rng_state(), "shuffle": self.shuffle.get_state()},
             "torch_num_threads": torch.get_num_threads(),
         }
-        self.run_dir.save_checkpoint(checkpoint)
 
     def restore(self, checkpoint: dict) -> RunState:
         self.model.load_state_dict(checkpoint["model"])
@@ -122,7 +162,12 @@ class TrainingSession:
         restore_rng_state(checkpoint["rng"])
         self.shuffle.set_state(checkpoint["rng"]["shuffle"])
         progress = EpochProgress(**checkpoint["progress"])
-        return RunState(progress=progress, order=checkpoint["order"], history=list(checkpoint["history"]))
+        return RunState(
+            progress=progress,
+            manifest=checkpoint["manifest"],
+            order=checkpoint["order"],
+            history=list(checkpoint["history"]),
+        )
 
     def evaluate_test_set(self, stop: StopSignals) -> dict:
         config, data = self.config, self.data
@@ -152,16 +197,11 @@ class TrainingSession:
                 batches = iterate_batches(data.train, config.batch_size, self.device, state.order, progress.step)
                 train_one_epoch(self.model, batches, self.optimizer, progress, train_steps, after_step)
                 self.save_checkpoint(state)  # a kill during evaluation resumes here, not at the epoch's start
+            train_seconds = progress.seconds  # before evaluation: the throughput counts training only
             metrics = self.evaluate_test_set(stop)
             progress.seconds = seconds_before + time.monotonic() - started
-            state.history.append(
-                {
-                    "epoch": progress.epoch,
-                    "train_loss": progress.mean_loss,
-                    "test_accuracy": metrics["test_accuracy"],
-                    "seconds": round(progress.seconds, 3),
-                }
-            )
+            entry = epoch_record(progress, metrics, train_seconds, len(data.train))
+            state.history.append(entry)
             logger.info(
                 "epoch %d/%d: train loss %.3f, test accuracy %.2f %%",
                 progress.epoch,
@@ -169,8 +209,16 @@ class TrainingSession:
                 progress.mean_loss,
                 metrics["test_accuracy"],
             )
+            if not math.isfinite(progress.mean_loss) and not state.manifest["diverged"]:
+                state.manifest["diverged"] = True
+                logger.warning(
+                    "training diverged: the mean training loss of epoch %d is %s; lower --learning_rate",
+                    progress.epoch,
+                    progress.mean_loss,
+                )
             state.progress, state.order = EpochProgress(epoch=progress.epoch + 1), None
             self.save_checkpoint(state)
+            self.on_epoch(entry)  # after the checkpoint: a slow tracking server never delays it
         # No epoch to train (--num_epochs 0), or resumed after the last epoch's checkpoint: evaluate as is.
         return metrics if metrics is not None else self.evaluate_test_set(stop)
 
@@ -179,9 +227,12 @@ class TrainingSession:
             raise TrainingInterrupted(stop.received, self.run_dir.work_dir)
 
 
-def _check_resume_matches(checkpoint: dict, config: TrainConfig) -> None:
+def _check_resume_arguments(checkpoint: dict, config: TrainConfig) -> None:
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirectoryError(f"the checkpoint's format {checkpoint.get('format')} is not {CHECKPOINT_FORMAT}")
+        raise RunDirectoryError(
+            f"the checkpoint's format {checkpoint.get('format')} is not {CHECKPOINT_FORMAT}: it was written by "
+            "another version of the trainer; delete the unfinished run folder to start again"
+        )
     recorded, given = checkpoint["config"], config.result_fields()
     differing = sorted(key for key in recorded.keys() | given.keys() if recorded.get(key) != given.get(key))
     if differing:
@@ -189,36 +240,102 @@ def _check_resume_matches(checkpoint: dict, config: TrainConfig) -> None:
         raise RunDirectoryError(f"--resume needs the interrupted run's arguments; these differ: {details}")
 
 
-def _new_manifest(config: TrainConfig, device: torch.device, determinism: dict, data: Cifar10Data) -> dict:
+def run_environment(device: torch.device) -> dict:
+    """Where the run's bytes come from besides data and arguments: device, code, versions, platform."""
+    return {"device": str(device), **environment_facts()}
+
+
+def _check_resume_environment(manifest: dict, environment: dict, force: bool) -> list[str]:
+    """Compare with the environment that wrote the checkpoint; return the differences --force let through."""
+    changes = differences(last_environment(manifest), environment)
+    blocking = [line for line in changes if line.split(":")[0] in RESUME_MUST_MATCH]
+    if blocking and not force:
+        raise RunDirectoryError(
+            "--resume would continue this run with other results than it started with: "
+            + "; ".join(blocking)
+            + ". Resume where it ran, or add --force to continue anyway (recorded in run.json)"
+        )
+    if changes:
+        logger.warning("resuming in another environment: %s", "; ".join(changes))
+    return blocking
+
+
+def _pretrained_record(config: TrainConfig) -> dict | None:
+    if config.pretrained_model is None:
+        return None
+    record = {"path": str(config.pretrained_model), "sha256": sha256_of(config.pretrained_model)}
+    if config.pretrained_model_uri is not None:
+        record.update(uri=config.pretrained_model_uri, version=config.pretrained_model_version)
+    return record
+
+
+def _new_manifest(
+    config: TrainConfig, environment: dict, determinism: dict, data: Cifar10Data, pretrained: dict | None
+) -> dict:
     return {
         "status": "running",
         "arguments": config.to_dict(),
         "seed": config.seed,
-        "device": str(device),
         "determinism": determinism,
-        **environment_facts(),
+        **environment,
         "dataset": {"folder": str(config.dataset_folder), "sha256": data.file_sha256},
+        "classes": list(data.classes),
+        "pretrained_model": pretrained,
         "model_sha256": None,
+        "diverged": False,
         "started_at": _now(),
-        "resumed_at": [],
+        "resumes": [],
         "finished_at": None,
     }
 
 
-def run_training(config: TrainConfig, db_password: Secret) -> Path:
-    """Train, validate and record one run; return the final run directory."""
+def _start(session: TrainingSession, pretrained: dict | None, environment: dict, determinism: dict) -> RunState:
+    config = session.config
+    if pretrained is not None:
+        load_weights(session.model, pretrained, config.pretrained_model)
+        logger.info("loaded pretrained weights from %s", config.pretrained_model)
+    manifest = _new_manifest(config, environment, determinism, session.data, _pretrained_record(config))
+    state = RunState(progress=EpochProgress(epoch=1), manifest=manifest)
+    session.run_dir.create(session.checkpoint(state), manifest)
+    return state
+
+
+def _resume(session: TrainingSession, checkpoint: dict, environment: dict) -> RunState:
+    state = session.restore(checkpoint)
+    forced = _check_resume_environment(state.manifest, environment, session.config.force)
+    state.manifest["resumes"].append({"at": _now(), "environment": environment, "forced": forced})
+    logger.info("resuming at epoch %d, step %d", state.progress.epoch, state.progress.step)
+    return state
+
+
+def _save_figures(run_dir: RunDirectory, config: TrainConfig, metrics: dict, history: list[dict], classes) -> None:
+    name = f"{config.experiment_name}/{config.run_name}"
+    accuracy = plot_metrics(
+        metrics["test_accuracy"], metrics["class_accuracy"], f"{name}: test accuracy per class and in total"
+    )
+    run_dir.save_figure(PLOT_FILE, accuracy)
+    run_dir.save_figure(CURVES_FILE, plot_curves({name: history}, f"{name}: loss and accuracy per epoch"))
+    confusion = plot_confusion_matrix(metrics["confusion_matrix"], classes, f"{name}: confusion matrix (test set)")
+    run_dir.save_figure(CONFUSION_MATRIX_FILE, confusion)
+
+
+def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | None = None) -> Path:
+    """Train, validate and record one run; return the final run directory.
+
+    With `tracking_uri`, the run is also logged to that MLflow server; the server can never stop the run.
+    """
+    config = resolve_pretrained_model(config, tracking_uri)  # models:/... names a file, checked by sha256
     run_dir = RunDirectory(config.run_dir)
     if config.resume:
-        run_dir.check_can_resume()
-    else:
-        run_dir.check_can_start()  # before any work: a refused run touches nothing
-    device = resolve_device(config.device)
-    checkpoint = run_dir.load_checkpoint() if config.resume else None
-    if checkpoint is not None:
-        _check_resume_matches(checkpoint, config)
+        checkpoint = run_dir.open_for_resume()  # locks the unfinished run for this process
+        _check_resume_arguments(checkpoint, config)
         # CPU kernels split their sums by thread: finish with the thread count the run started with.
         torch.set_num_threads(checkpoint["torch_num_threads"])
-
+    else:
+        run_dir.check_can_start()  # before any work: a refused run touches nothing
+        checkpoint = None
+    device = resolve_device(config.device)
+    environment = run_environment(device)
     pretrained = None
     if checkpoint is None and config.pretrained_model is not None:
         pretrained = read_state_dict(config.pretrained_model, device)
@@ -234,19 +351,14 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
     shuffle = torch.Generator().manual_seed(config.seed)
     session = TrainingSession(config, data, device, model, optimizer, shuffle, run_dir)
     if checkpoint is None:
-        if pretrained is not None:
-            load_weights(model, pretrained, config.pretrained_model)
-            logger.info("loaded pretrained weights from %s", config.pretrained_model)
-        state = RunState(progress=EpochProgress(epoch=1))
-        run_dir.create()
-        manifest = _new_manifest(config, device, determinism, data)
-        session.save_checkpoint(state)
+        state = _start(session, pretrained, environment, determinism)
     else:
-        state = session.restore(checkpoint)
-        manifest = run_dir.read_json(RUN_FILE)
-        manifest["resumed_at"].append(_now())
-        logger.info("resuming at epoch %d, step %d", state.progress.epoch, state.progress.step)
+        state = _resume(session, checkpoint, environment)
+    manifest = state.manifest
     manifest["status"] = "running"
+    run_logger = open_run_logger(tracking_uri, config.experiment_name, config.run_name, manifest)
+    _record_tracking(manifest, run_logger)
+    session.on_epoch = run_logger.log_epoch
     run_dir.write_json(RUN_FILE, manifest)
 
     logger.info("training on %s for %d epoch(s); run directory %s", device, config.num_epochs, run_dir.work_dir)
@@ -254,16 +366,28 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
         try:
             metrics = session.train_remaining_epochs(state, stop)
         except BaseException as exc:
-            manifest["status"] = (
-                "interrupted" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "failed"
-            )
+            interrupted = isinstance(exc, (TrainingInterrupted, KeyboardInterrupt))
+            manifest["status"] = "interrupted" if interrupted else "failed"
+            run_logger.end("KILLED" if interrupted else "FAILED")
+            _record_tracking(manifest, run_logger)
             run_dir.write_json(RUN_FILE, manifest)
             raise
 
     manifest["model_sha256"] = run_dir.save_model(model.state_dict())
     run_dir.write_json(METRICS_FILE, {**metrics, "history": state.history})
-    title = f"{config.experiment_name}/{config.run_name}: test accuracy per class and in total"
-    run_dir.save_figure(plot_metrics(metrics["test_accuracy"], metrics["class_accuracy"], title))
+    _save_figures(run_dir, config, metrics, state.history, data.classes)
+    run_logger.log_outputs(run_dir.work_dir, manifest["model_sha256"], exclude=(RUN_FILE,))
     manifest.update(status="completed", finished_at=_now())
+    _record_tracking(manifest, run_logger)
     run_dir.write_json(RUN_FILE, manifest)
+    # After run.json is final, so these two calls cannot be counted in it (a failure still warns).
+    run_logger.log_file(run_dir.work_dir / RUN_FILE)
+    run_logger.end("FINISHED")
     return run_dir.finish()
+
+
+def _record_tracking(manifest: dict, run_logger) -> None:
+    """run.json's "mlflow": the server (without credentials), the MLflow run and the log calls lost."""
+    record = run_logger.record()
+    if record is not None:
+        manifest["mlflow"] = record

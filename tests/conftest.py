@@ -19,6 +19,8 @@ PASSWORD = "pw-Tr0ub4dor-do-not-leak"
 # 300 training images in 5 batch files (as many as torchvision expects) and 97 test images:
 # no batch size used in the tests divides 97.
 TRAIN_SIZE, TEST_SIZE = 300, 97
+# What a completed run's folder holds.
+RUN_FILES = ["confusion_matrix.png", "curves.png", "metrics.json", "metrics.png", "model.pth", "run.json"]
 
 
 @pytest.fixture(scope="session")

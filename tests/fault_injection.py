@@ -3,6 +3,8 @@
     python tests/fault_injection.py KILL train:<epoch>:<step> <trainer arguments...>
     python tests/fault_injection.py TERM evaluate:<n> ...      (on the first batch of the n-th evaluation)
     python tests/fault_injection.py INT saved:<epoch>:<step> ...  (just after that checkpoint is written)
+    python tests/fault_injection.py KILL written:<file>:<n> ...    (just after the n-th write of that run file)
+    python tests/fault_injection.py KILL published ...             (just after the run got its final name)
 
 The signal is real (os.kill on itself): SIGKILL ends the process on the spot, SIGTERM and SIGINT go
 through the trainer's handlers. Only this test helper patches the trainer; the package has no test hooks.
@@ -12,14 +14,14 @@ import os
 import signal
 import sys
 
-from image_classifier import trainer
+from image_classifier import run_dir, trainer
 from image_classifier.main import main
 
 
 def inject(signal_name: str, point: str) -> None:
     sig = getattr(signal, f"SIG{signal_name}")
     kind, *numbers = point.split(":")
-    where = tuple(int(n) for n in numbers)
+    where = tuple(int(n) for n in numbers) if kind != "written" else ()
 
     if kind == "train":
         train_one_epoch = trainer.train_one_epoch
@@ -58,6 +60,35 @@ def inject(signal_name: str, point: str) -> None:
                 os.kill(os.getpid(), sig)
 
         trainer.TrainingSession.save_checkpoint = patched_save
+    elif kind == "written":
+        name, count = numbers[0], int(numbers[1])
+        replace_atomically, writes = run_dir.RunDirectory._replace_atomically, []
+
+        def patched_replace(directory, file_name, write):
+            replace_atomically(directory, file_name, write)
+            writes.append(file_name)
+            if writes.count(name) == count and file_name == name:
+                os.kill(os.getpid(), sig)
+
+        save_model = run_dir.RunDirectory.save_model
+
+        def patched_save_model(self, state_dict):
+            digest = save_model(self, state_dict)
+            if name == run_dir.MODEL_FILE:
+                os.kill(os.getpid(), sig)
+            return digest
+
+        run_dir.RunDirectory._replace_atomically = staticmethod(patched_replace)
+        run_dir.RunDirectory.save_model = patched_save_model
+    elif kind == "published":
+        replace = run_dir.os.replace
+
+        def patched_os_replace(source, target):
+            replace(source, target)
+            if str(source).endswith(run_dir.INCOMPLETE_SUFFIX):
+                os.kill(os.getpid(), sig)
+
+        run_dir.os.replace = patched_os_replace
     else:
         raise SystemExit(f"unknown point {point!r}")
 

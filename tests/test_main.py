@@ -9,7 +9,7 @@ import torch
 
 from image_classifier.main import build_parser, config_from_args, main
 from image_classifier.model.model import Net
-from tests.conftest import PASSWORD, REPO_ROOT, run_trainer, trainer_args
+from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, run_trainer, trainer_args
 
 REQUIRED = ["--experiment_name", "e", "--run_name", "r"]
 
@@ -90,12 +90,36 @@ def test_password_is_required_from_flag_or_environment(monkeypatch, capsys):
     assert "DB_PASSWORD" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["..", "a/b", "white space"])
-def test_bad_names_are_one_line_errors(name, tmp_path, capsys):
-    code = main(["--experiment_name", "e", "--run_name", name, "--experiments_folder", str(tmp_path), "--db_pass", "x"])
+@pytest.mark.parametrize("name", ["..", "a/b", "white space", "run_1.incomplete"])
+def test_bad_names_are_usage_errors(name, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--experiment_name", "e", "--run_name", name, "--experiments_folder", str(tmp_path), "--db_pass", "x"])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: invalid run name") and "Traceback" not in err
+    assert exit_info.value.code == 2 and "error: invalid run name" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--device", "gpu"], "'gpu' is not a device"),
+        (["--device", "cuda:99"], "--device cuda:99"),  # no CUDA here, or not 100 devices
+        (["--seed", "-1"], "is not a seed from 0 to"),
+        (["--seed", str(2**64)], "is not a seed from 0 to"),
+        (["--force"], "--force only applies with --resume"),
+    ],
+)
+def test_bad_devices_seeds_and_flags_are_usage_errors_before_any_work(extra, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*REQUIRED, "--experiments_folder", str(tmp_path), "--db_pass", "x", *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_shows_defaults_of_zero():
+    help_text = build_parser().format_help()
+    assert re.search(r"--seed SEED\s+seeds every random generator.*\(default: 0\)", help_text, flags=re.S)
+    assert re.search(r"--checkpoint_every CHECKPOINT_EVERY.*?\(default:\s+0\)", help_text, flags=re.S)
 
 
 def test_missing_dataset_is_one_line_error_without_the_password(tmp_path, capsys):
@@ -144,7 +168,7 @@ def test_end_to_end_from_another_directory(dataset, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     run_dir = workdir / "experiments" / "e" / "r"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json", "metrics.png", "model.pth", "run.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES
     assert "run written to experiments/e/r" in result.stdout
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -162,7 +186,15 @@ def test_end_to_end_from_another_directory(dataset, tmp_path):
     ]
     assert [entry["epoch"] for entry in metrics["history"]] == [1, 2]
     assert metrics["history"][-1]["test_accuracy"] == metrics["test_accuracy"]
-    assert set(metrics["history"][0]) == {"epoch", "train_loss", "test_accuracy", "seconds"}
+    assert set(metrics["history"][0]) == {
+        "epoch",
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+        "class_accuracy",
+        "seconds",
+        "images_per_second",
+    }
     assert metrics["test_accuracy"] > 20  # 10 % is chance; generated classes are learnable
 
     net = Net()  # the notebook's own class loads the weights

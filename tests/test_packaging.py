@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, run_command
+from tests.conftest import REPO_ROOT, RUN_FILES, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -85,4 +85,4 @@ def test_wheel_in_a_fresh_venv_trains_from_any_directory(wheel, dataset, tmp_pat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     run_dir = workdir / "experiments" / "e" / "r"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json", "metrics.png", "model.pth", "run.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES

@@ -1,11 +1,15 @@
 """Bit-for-bit reproducibility, crash recovery and the proof command, through the installed commands."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from image_classifier.reproduce import environment_differences, metric_differences
 from tests.conftest import REPO_ROOT, command, run_command, run_trainer, trainer_args
@@ -18,7 +22,8 @@ FAULT_INJECTION = str(REPO_ROOT / "tests" / "fault_injection.py")
 def read_metrics(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for entry in metrics["history"]:
-        entry.pop("seconds")  # wall-clock time is the one thing that may differ
+        entry.pop("seconds")  # wall-clock measurements are the one thing that may differ
+        entry.pop("images_per_second")
     return metrics
 
 
@@ -69,7 +74,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_bytes(dataset, tmp
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(tmp_path / "e" / "crashed", reference)
     manifest = json.loads((tmp_path / "e" / "crashed" / "run.json").read_text())
-    assert manifest["status"] == "completed" and len(manifest["resumed_at"]) == 1
+    assert manifest["status"] == "completed" and len(manifest["resumes"]) == 1
     assert not (tmp_path / "e" / "crashed" / "checkpoint.pt").exists()
 
 
@@ -86,6 +91,117 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_checkpoint(dataset, tmp_path, re
     resumed = run_trainer(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(tmp_path / "e" / "stopped", reference)
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "written:checkpoint.pt:1",  # the first checkpoint, before run.json exists
+        "written:run.json:1",  # both first files written, before the run directory appears
+        "written:run.json:2",  # the run directory just appeared
+        "written:model.pth:1",  # the model written, the other outputs not yet
+        "written:metrics.png:1",  # the first figure written, the others not yet
+        "written:confusion_matrix.png:1",  # every output but the final run.json
+        "written:run.json:3",  # run.json says completed, the directory is not yet renamed
+        "published",  # renamed to its final name, the checkpoint not yet removed
+    ],
+)
+def test_a_kill_at_any_instant_leaves_a_run_that_restarts_or_resumes_to_the_same_bytes(
+    dataset, tmp_path, reference, point
+):
+    args = trainer_args(dataset, tmp_path, "crashed")
+    killed = run_with_fault("KILL", point, *args)
+    assert killed.returncode == -9, killed.stderr
+    # What a user (or a scheduler) does next: run it again; if told to, resume it.
+    again = run_trainer(*args)
+    if again.returncode != 0 and "continue it with --resume" in again.stderr:
+        again = run_trainer(*args, "--resume")
+    if again.returncode != 0 and "already exists" in again.stderr:  # it had finished: nothing to redo
+        assert point == "published"
+    else:
+        assert again.returncode == 0, again.stderr
+    assert_same_run(tmp_path / "e" / "crashed", reference)
+    assert json.loads((tmp_path / "e" / "crashed" / "run.json").read_text())["status"] == "completed"
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["crashed"]  # no leftovers
+
+
+def _wait_until_stopped(process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode}: {process.stderr.read()}")
+        if Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1].startswith("T"):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the trainer never reached its stop point")
+
+
+def test_a_second_process_on_the_same_run_is_refused_while_the_first_lives(dataset, tmp_path, reference):
+    args = trainer_args(dataset, tmp_path, "busy")
+    environment = {**os.environ, "DB_PASSWORD": "x"}
+    first = subprocess.Popen(
+        [sys.executable, FAULT_INJECTION, "STOP", "train:1:3", *args],
+        cwd=REPO_ROOT,
+        env=environment,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until_stopped(first)  # frozen mid-epoch, holding its run directory
+        for second in (run_trainer(*args), run_trainer(*args, "--resume")):
+            assert second.returncode == 1 and "another process is running" in second.stderr, second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    resumed = run_trainer(*args, "--resume")  # the first is gone, and its lock with it
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "e" / "busy", reference)
+
+
+def _tamper_checkpoint(work_dir: Path, change) -> None:
+    path = work_dir / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    change(checkpoint["manifest"])
+    torch.save(checkpoint, path)
+
+
+def test_resume_refuses_another_device_torch_or_code_unless_forced(dataset, tmp_path, reference):
+    args = trainer_args(dataset, tmp_path, "moved")
+    assert run_with_fault("KILL", "train:1:5", *args).returncode == -9
+
+    def as_if_elsewhere(manifest: dict) -> None:
+        manifest["device"] = "cuda:0"
+        manifest["versions"]["torch"] = "2.0.0"
+        manifest["code"]["sha256"] = "0" * 64
+        manifest["platform"]["cpu_capability"] = "AVX2"
+
+    _tamper_checkpoint(tmp_path / "e" / "moved.incomplete", as_if_elsewhere)
+    refused = run_trainer(*args, "--resume")
+    assert refused.returncode == 1, refused.stderr
+    for named in ("device: 'cuda:0' -> 'cpu'", "versions.torch: '2.0.0'", "code.sha256: '0000", "--force"):
+        assert named in refused.stderr
+    assert "cpu_capability" not in refused.stderr  # recorded and warned about, not a reason to refuse
+
+    forced = run_trainer(*args, "--resume", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "cpu_capability: 'AVX2'" in forced.stderr  # the warning
+    manifest = json.loads((tmp_path / "e" / "moved" / "run.json").read_text())
+    (resume,) = manifest["resumes"]
+    assert [line.split(":")[0] for line in resume["forced"]] == ["code.sha256", "device", "versions.torch"]
+    assert resume["environment"]["device"] == "cpu" and manifest["device"] == "cuda:0"  # start record kept
+    assert resume["environment"]["platform"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_a_diverged_run_writes_strict_json_and_says_so(dataset, tmp_path):
+    args = trainer_args(dataset, tmp_path, "huge", "--learning_rate", "1e30", "--num_epochs", "1")
+    result = run_trainer(*args)
+    assert result.returncode == 0, result.stderr
+    assert "training diverged" in result.stderr
+    run_dir = tmp_path / "e" / "huge"
+    for name in ("metrics.json", "run.json"):
+        json.loads((run_dir / name).read_text(), parse_constant=lambda c: pytest.fail(f"{name} holds {c}"))
+    assert json.loads((run_dir / "metrics.json").read_text())["history"][0]["train_loss"] is None
+    assert json.loads((run_dir / "run.json").read_text())["diverged"] is True
 
 
 def test_resume_refusals(dataset, tmp_path):
@@ -132,6 +248,33 @@ def test_reproduce_fails_and_names_the_data_when_the_dataset_changed(dataset, tm
     assert "dataset.sha256.cifar-10-batches-py/data_batch_2" in result.stdout
 
 
+def test_reproduce_works_from_inside_the_experiment_folder_with_relative_paths(dataset, tmp_path):
+    shutil.copytree(dataset, tmp_path / "data")
+    made = run_trainer(
+        "--experiment_name", "e", "--run_name", "r", "--dataset_folder", "data", "--num_epochs", "1", cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    result = run_command([command("image_classifier_reproduce"), "r"], cwd=tmp_path / "experiments" / "e")
+    assert result.returncode == 0, result.stderr
+    assert "REPRODUCED" in result.stdout
+    assert (tmp_path / "experiments" / "e" / "r-repro-1" / "model.pth").is_file()
+
+
+def test_reproduce_refuses_when_the_pretrained_model_changed(dataset, tmp_path, reference):
+    shutil.copy(reference / "model.pth", tmp_path / "start.pth")
+    args = trainer_args(
+        dataset, tmp_path, "tuned", "--num_epochs", "1", "--pretrained_model", str(tmp_path / "start.pth")
+    )
+    assert run_trainer(*args).returncode == 0
+    manifest = json.loads((tmp_path / "e" / "tuned" / "run.json").read_text())
+    assert manifest["pretrained_model"]["sha256"] == json.loads((reference / "run.json").read_text())["model_sha256"]
+
+    with (tmp_path / "start.pth").open("ab") as stream:
+        stream.write(b"changed")
+    result = run_command([command("image_classifier_reproduce"), str(tmp_path / "e" / "tuned")])
+    assert result.returncode == 1 and "bytes changed" in result.stderr and "start.pth" in result.stderr
+
+
 def test_reproduce_refuses_what_is_not_a_completed_run(tmp_path):
     result = run_command([command("image_classifier_reproduce"), str(tmp_path)])
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "no run.json" in result.stderr
@@ -149,6 +292,12 @@ def test_difference_reports():
         == []
     )
     assert metric_differences({"test_accuracy": 50.0}, {"test_accuracy": 51.0}) == ["test_accuracy: 50.0 -> 51.0"]
-    before = {"versions": {"torch": "2.14.1"}, "dataset": {"folder": "/a", "sha256": {"x": "1"}}}
-    after = {"versions": {"torch": "2.15.0"}, "dataset": {"folder": "/b", "sha256": {"x": "1"}}}
+    before = {"versions": {"torch": "2.14.1"}, "dataset": {"folder": "/a", "sha256": {"x": "1"}}, "device": "cpu"}
+    after = {"versions": {"torch": "2.15.0"}, "dataset": {"folder": "/b", "sha256": {"x": "1"}}, "device": "cpu"}
     assert environment_differences(before, after) == ["versions.torch: '2.14.1' -> '2.15.0'"]
+    before["device"], before["platform"] = "cuda:0", {"cpu_capability": "AVX2"}
+    after["platform"] = {"cpu_capability": "AVX512"}
+    assert environment_differences(before, after)[:2] == [
+        "device: 'cuda:0' -> 'cpu'",
+        "platform.cpu_capability: 'AVX2' -> 'AVX512'",
+    ]

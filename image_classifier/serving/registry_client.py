@@ -14,6 +14,8 @@ MODEL_URI_PREFIX = "models:/"
 
 def is_model_uri(text: str) -> bool:
     """`models:/NAME/VERSION` or `models:/NAME@ALIAS` (also when the registry is not installed)."""
+    if not text.startswith(MODEL_URI_PREFIX):
+        return False  # without importing the registry (and the run-folder helpers it reads runs with)
     try:
         from image_classifier.tracking.registry import is_model_uri as registry_is_model_uri
     except ImportError:

@@ -1,22 +1,13 @@
-"""Small file helpers shared by the tracking code, free of torch (unlike `run_dir.py`)."""
+"""Writing the tracking code's own files (the registry): strict JSON, atomic replacement, a writers' lock."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def to_strict_json(data) -> str:

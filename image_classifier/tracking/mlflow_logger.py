@@ -12,17 +12,19 @@ warning line; every later call is skipped and counted, and the count goes into r
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from image_classifier.manifest import ENVIRONMENT_KEYS
 from image_classifier.tracking.mlflow_client import connect, error_code, short_reason
 from image_classifier.tracking.uri import redacted
 
 logger = logging.getLogger(__name__)
 
 # Sections of run.json that describe the environment; they become tags "<section>.<key>".
-TAG_SECTIONS = ("device", "determinism", "versions", "platform", "git", "lock_files", "dataset", "environment")
+TAG_SECTIONS = (*ENVIRONMENT_KEYS, "determinism", "dataset", "pretrained_model")
 # Files that are not results: the checkpoint is large and is deleted when the run finishes.
 NOT_ARTIFACTS = ("checkpoint.pt",)
 MODEL_SHA256_TAG = "model_sha256"
@@ -50,12 +52,12 @@ def run_params(arguments: Mapping) -> dict[str, str]:
 
 def epoch_metrics(entry: Mapping) -> dict[str, float]:
     """One metrics.json history entry as MLflow metrics: numbers only, per-class accuracy as
-    `class_accuracy.<class>`; a value that is None (no test image of a class, a diverged loss) is left out."""
+    `class_accuracy.<class>`; None (no test image of a class) and NaN or inf (a diverged loss) are left out."""
     flat = _flatten({key: value for key, value in entry.items() if key != "epoch"})
     return {
         key: float(value)
         for key, value in flat.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     }
 
 
@@ -91,6 +93,9 @@ class MlflowRunLogger:
         files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name not in NOT_ARTIFACTS + exclude]
         for path in files:
             self._call(f"upload {path.name}", lambda client, path=path: client.log_artifact(self.run_id, str(path)))
+
+    def log_file(self, path: Path) -> None:
+        self._call(f"upload {path.name}", lambda client: client.log_artifact(self.run_id, str(path)))
 
     def end(self, status: str) -> None:
         """Close the MLflow run: FINISHED, FAILED or KILLED."""

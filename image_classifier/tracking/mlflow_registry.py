@@ -19,10 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from image_classifier.errors import RegistryError, UserError
-from image_classifier.tracking.files import sha256_of
+from image_classifier.run_dir import MODEL_FILE, sha256_of
 from image_classifier.tracking.mlflow_client import connect, error_code, short_reason
 from image_classifier.tracking.mlflow_logger import MODEL_SHA256_TAG, log_finished_run
-from image_classifier.tracking.records import MODEL_FILE, RunRecord
+from image_classifier.tracking.records import RunRecord
 from image_classifier.tracking.registry import (
     MODEL_URI_PREFIX,
     ModelVersion,

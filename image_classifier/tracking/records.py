@@ -15,15 +15,9 @@ from pathlib import Path
 
 from image_classifier.config import check_name
 from image_classifier.errors import RunRecordError, UserError
-
-# The names run_dir.py writes (it imports torch, so they are repeated here; a test checks that they agree).
-MODEL_FILE = "model.pth"
-METRICS_FILE = "metrics.json"
-RUN_FILE = "run.json"
-INCOMPLETE_SUFFIX = ".incomplete"
+from image_classifier.run_dir import INCOMPLETE_SUFFIX, METRICS_FILE, RUN_FILE, STAGING_MARKER, is_locked
 
 COMPLETED, INTERRUPTED, FAILED, RUNNING, UNREADABLE = "completed", "interrupted", "failed", "running", "unreadable"
-_UNFINISHED_STATUSES = (RUNNING, INTERRUPTED, FAILED)
 
 
 @dataclass(frozen=True)
@@ -136,20 +130,24 @@ def _unfinished_record(base: dict, manifest: dict | None, problem: str | None) -
         # The trainer creates the folder a moment before it first writes run.json.
         reason = f"unfinished, {problem}: stopped as it started, or starting now"
         return RunRecord(**base, status=INTERRUPTED if problem == f"no {RUN_FILE}" else UNREADABLE, reason=reason)
+    # The process that runs (or resumes) a run holds a lock on its folder until it ends, however it ends.
+    if is_locked(base["folder"]):
+        return RunRecord(**base, status=RUNNING, reason="unfinished: a process is running it now", manifest=manifest)
     status = manifest.get("status")
-    if status not in _UNFINISHED_STATUSES:
-        return RunRecord(**base, status=INTERRUPTED, reason=f"unfinished, run.json says {status!r}", manifest=manifest)
     reason = {
-        RUNNING: "unfinished: running now, or killed without a chance to say so",
+        RUNNING: "unfinished: killed without a chance to say so; resume it with --resume",
         INTERRUPTED: "unfinished: stopped; resume it with --resume",
         FAILED: "unfinished: failed; see its log, then --resume or delete the folder",
-    }[status]
-    return RunRecord(**base, status=status, reason=reason, manifest=manifest)
+    }.get(status, f"unfinished, run.json says {status!r}")
+    return RunRecord(**base, status=FAILED if status == FAILED else INTERRUPTED, reason=reason, manifest=manifest)
 
 
 def _subfolders(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        # Hidden folders are not runs (.mlflow-models holds downloads); a staging folder is a run being created.
+        return sorted(
+            p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and STAGING_MARKER not in p.name
+        )
     except OSError:
         return []
 

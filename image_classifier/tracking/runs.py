@@ -22,13 +22,14 @@ import io
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from image_classifier import __version__
 from image_classifier.cli import ArgumentParser, add_verbose_option, configure_logging, exit_code_of, positive_int
 from image_classifier.errors import UserError
+from image_classifier.manifest import ENVIRONMENT_KEYS
 from image_classifier.tracking.files import to_strict_json
 from image_classifier.tracking.records import RunRecord, find_run, list_runs
 from image_classifier.tracking.registry import ModelVersion, Registry, open_registry
@@ -237,7 +238,14 @@ def _flatten(value, prefix: str = "") -> list[tuple[str, object]]:
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "test_loss", "test_accuracy", "images_per_second", "seconds")
-ENVIRONMENT_KEYS = ("device", "determinism", "versions", "platform", "git", "lock_files", "environment")
+SHOWN_ENVIRONMENT = (*ENVIRONMENT_KEYS, "determinism", "pretrained_model")
+
+
+def _resume_times(manifest: Mapping) -> list[str]:
+    resumes = manifest.get("resumes")
+    if isinstance(resumes, list):  # one entry per resume, with its environment
+        return [str(entry.get("at")) for entry in resumes if isinstance(entry, Mapping)]
+    return list(manifest.get("resumed_at") or [])  # runs of earlier versions kept the times only
 
 
 def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> str:
@@ -246,7 +254,7 @@ def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> 
         ("status", record.status + (f" ({record.reason})" if record.reason else "")),
         ("folder", record.folder),
         ("started", record.started_at),
-        ("resumed", manifest.get("resumed_at") or None),
+        ("resumed", _resume_times(manifest) or None),
         ("finished", manifest.get("finished_at")),
         ("duration_s", record.duration_seconds),
         ("model_sha256", record.model_sha256),
@@ -257,7 +265,7 @@ def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> 
         header.extend(("mlflow." + key, value) for key, value in manifest["mlflow"].items())
     lines = _section(f"run {record.name}", header)
     lines += ["", *_section("arguments", list(record.arguments.items()))]
-    environment = {key: manifest[key] for key in ENVIRONMENT_KEYS if key in manifest}
+    environment = {key: manifest[key] for key in SHOWN_ENVIRONMENT if manifest.get(key)}
     dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
     lines += ["", *_section("environment", [*_flatten(environment), *_flatten({"dataset": dataset})])]
     if record.history:
@@ -432,8 +440,18 @@ def models_command(config: ModelsConfig) -> int:
 # --- the command line ---
 
 
+class _Parser(ArgumentParser):
+    """Never echoes a rejected value: a mistyped subcommand or choice may be a password typed in the
+    wrong place, like the values after unknown options (see `image_classifier.cli`)."""
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice, not shown (choose from {choices})")
+
+
 def _common_options() -> argparse.ArgumentParser:
-    common = ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--experiments_folder", type=Path, default=Path("experiments"), help="where the runs are (as in the trainer)"
     )
@@ -442,7 +460,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def _tracking_option() -> argparse.ArgumentParser:
-    tracking = ArgumentParser(add_help=False)
+    tracking = _Parser(add_help=False)
     tracking.add_argument(
         "--mlflow_tracking_uri",
         default=None,
@@ -453,7 +471,7 @@ def _tracking_option() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
+    parser = _Parser(
         prog="image_classifier_runs",
         description="List, show and compare the runs in an experiments folder; register their models as "
         "named versions and move aliases.",

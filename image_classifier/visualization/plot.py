@@ -52,6 +52,9 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping]], title: str = "") -> 
         loss_axes.plot(*_series(history, "train_loss"), "o-", color=color, label=f"{prefix}training loss")
         loss_axes.plot(*_series(history, "test_loss"), "s--", color=color, label=f"{prefix}test loss")
         accuracy_axes.plot(*_series(history, "test_accuracy"), "o-", color=color, label=label)
+    if not any(histories.values()):  # --num_epochs 0: an evaluation only
+        for axes in (loss_axes, accuracy_axes):
+            axes.text(0.5, 0.5, "no epoch trained", ha="center", va="center", transform=axes.transAxes)
     loss_axes.set_title("Loss per epoch (cross-entropy)")
     loss_axes.set_ylabel("mean loss")
     loss_axes.set_ylim(bottom=0)

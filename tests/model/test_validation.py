@@ -38,3 +38,31 @@ def test_a_class_absent_from_the_test_set_has_no_accuracy():
     metrics = evaluate(FixedPredictions(), iterate_batches(split, 2, torch.device("cpu")), ["a", "b", "c"])
     assert metrics["class_accuracy"] == {"a": 100.0, "b": 100.0, "c": None}
     assert metrics["test_accuracy"] == 100.0
+
+
+class FixedLogits(torch.nn.Module):
+    """Logits that depend on the image only, so the whole test set's loss can be computed in one go."""
+
+    def forward(self, images):
+        return images[:, :, 0, 0] * torch.tensor([1.0, -2.0, 0.5])
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 97, 200])
+def test_confusion_matrix_and_test_loss_are_right_for_every_batch_size(batch_size):
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 3, (97,), generator=generator)
+    images = torch.randint(0, 256, (97, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    split = ImageSplit(images=images, labels=labels)
+    model = FixedLogits()
+
+    metrics = evaluate(model, iterate_batches(split, batch_size, torch.device("cpu")), ["a", "b", "c"])
+
+    all_images = next(iter(iterate_batches(split, 97, torch.device("cpu"))))[0]
+    logits = model(all_images)
+    predicted = logits.argmax(dim=1)
+    expected = [[int(((labels == t) & (predicted == p)).sum()) for p in range(3)] for t in range(3)]
+    assert metrics["confusion_matrix"] == expected
+    assert sum(map(sum, expected)) == 97
+    assert metrics["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+    diagonal = sum(expected[i][i] for i in range(3))
+    assert metrics["test_accuracy"] == pytest.approx(100 * diagonal / 97)

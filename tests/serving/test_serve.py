@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import command
+from tests.conftest import REPO_ROOT, command
 from tests.serving.conftest import png_bytes, png_declaring, running_server, stop
 
 pytestmark = pytest.mark.slow
@@ -239,17 +239,26 @@ def test_help_and_usage_errors_do_not_import_torch():
 
 
 def test_serving_never_imports_the_training_code():
+    """Neither the trainer nor the training loop, ever; the run-folder module only through the registry (which
+    reads runs with its helpers), i.e. only for a models:/ model."""
     probe = (
         "import sys\n"
+        "from pathlib import Path\n"
         "import image_classifier.serving.app, image_classifier.serving.serve, image_classifier.serving.predict\n"
-        "import image_classifier.serving.model_source, image_classifier.serving.registry_client as r\n"
-        "r.is_model_uri('models:/x@y')\n"
-        "training = {'image_classifier.trainer', 'image_classifier.model.training', 'image_classifier.run_dir'}\n"
-        "print(sorted(training & set(sys.modules)))\n"
+        "from image_classifier.serving import model_source, registry_client\n"
+        "model_source.load_model(model_source.ModelRequest(sys.argv[1]))\n"
+        "loaded = lambda: sorted({'trainer', 'model.training', 'run_dir'} & {m[17:] for m in sys.modules})\n"
+        "print(loaded())\n"
+        "try:\n"
+        "    registry_client.resolve('models:/none@alias', Path(sys.argv[1]), None)\n"
+        "except Exception as exc:\n"
+        "    assert type(exc).__name__ == 'RegistryError', exc\n"
+        "print(loaded())\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
+    run = str(REPO_ROOT / "experiments" / "local_exp_test" / "run_1")
+    result = subprocess.run([sys.executable, "-c", probe, run], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.split("\n")[:2] == ["[]", "['run_dir']"]
 
 
 def test_sighup_on_a_run_folder_is_logged_and_does_not_stop_the_service(served_run):
@@ -264,9 +273,9 @@ def test_sighup_on_a_run_folder_is_logged_and_does_not_stop_the_service(served_r
 
 def test_the_readme_documents_every_option_of_both_commands():
     from image_classifier.serving import predict, serve
-    from tests.conftest import REPO_ROOT
 
-    section = (REPO_ROOT / "README.md").read_text().split("## 12. Serving predictions")[1].split("\n## 13.")[0]
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = re.split(r"\n## ", re.split(r"\n## \d+\. Serving predictions\n", readme)[1])[0]
     documented = set(re.findall(r"`(--?[a-z_]+)[` ]", section))
     for module in (serve, predict):
         options = {o for action in module.build_parser()._actions for o in action.option_strings}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from image_classifier.errors import RegistryError, UserError
-from image_classifier.tracking.files import sha256_of
+from image_classifier.run_dir import sha256_of
 from image_classifier.tracking.registry import (
     REGISTRY_FILE,
     FileRegistry,

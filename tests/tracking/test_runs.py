@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from image_classifier.run_dir import STAGING_MARKER, _lock
 from image_classifier.tracking.records import COMPLETED
 from image_classifier.tracking.registry import REGISTRY_FILE
 from image_classifier.tracking.runs import LIST_COLUMNS, MODEL_COLUMNS, build_parser, main
@@ -102,9 +104,10 @@ def _damage(experiments: Path) -> dict[str, str]:
             (folder / "run.json").write_text(json.dumps({**manifest, "status": status}))
         return folder
 
-    for status in ("running", "interrupted", "failed"):
-        folder = copy(f"{status}.incomplete", status)
+    for status in ("running", "interrupted", "failed", "locked"):
+        folder = copy(f"{status}.incomplete", "running" if status == "locked" else status)
         (folder / "metrics.json").unlink()
+    (experiments / "e" / f"seed0{STAGING_MARKER}123").mkdir()  # a run being created: not listed
     copy("starting.incomplete")
     (experiments / "e" / "starting.incomplete" / "run.json").unlink()
     half = copy("half_written")
@@ -121,7 +124,8 @@ def _damage(experiments: Path) -> dict[str, str]:
     (old / "metrics.json").write_text(json.dumps(old_metrics))
     (experiments / "e" / "stray_file.txt").write_text("not a run")
     return {
-        "running": "running",
+        "running": "interrupted",  # run.json says running, but no process holds the run's lock
+        "locked": "running",
         "interrupted": "interrupted",
         "failed": "failed",
         "starting": "interrupted",
@@ -136,6 +140,7 @@ def _damage(experiments: Path) -> dict[str, str]:
 
 def test_unfinished_old_and_damaged_runs_are_listed_with_a_reason(experiments, capsys):
     expected = _damage(experiments)
+    lock = _lock(experiments / "e" / "locked.incomplete")  # as the trainer holds it while it runs
     (experiments / REGISTRY_FILE).write_text("{not json")
     code, out, err = _run(capsys, "list", "--experiments_folder", str(experiments), "--format", "json")
     assert code == 0
@@ -145,7 +150,9 @@ def test_unfinished_old_and_damaged_runs_are_listed_with_a_reason(experiments, c
         assert (listed[run]["note"] is None) == (run in ("seed0", "seed1")), (run, listed[run]["note"])
     assert "not valid JSON" in listed["half_written"]["note"] and "no run.json" in listed["no_run_json"]["note"]
     assert "older version" in listed["old_version"]["note"] and listed["old_version"]["test_accuracy"] is not None
-    assert "--resume" in listed["interrupted"]["note"]
+    assert "--resume" in listed["interrupted"]["note"] and "killed" in listed["running"]["note"]
+    assert "running it now" in listed["locked"]["note"]
+    os.close(lock)
     assert "registered versions not shown" in err and "is damaged" in err  # a bad registry: one warning
     code, out, _ = _run(capsys, "list", "--experiments_folder", str(experiments))  # the table, too
     assert code == 0 and len(out.splitlines()) == 1 + len(expected)

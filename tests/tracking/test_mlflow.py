@@ -1,0 +1,201 @@
+"""The MLflow backend against a real `mlflow server` process, read back through MLflow's own client."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from image_classifier.run_dir import sha256_of
+from image_classifier.tracking.registry import open_registry
+from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, command, run_command, run_trainer, trainer_args
+from tests.tracking.conftest import free_port, started
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "tok-Zq81-never-stored"  # credentials in the tracking URI: they must not land anywhere either
+PROXY = str(REPO_ROOT / "tests" / "tracking" / "mlflow_proxy.py")
+FAULT_INJECTION = str(REPO_ROOT / "tests" / "fault_injection.py")
+SAME_AS_SEED0 = ("--seed", "0", "--batch_size", "10")  # the arguments of the trained e/seed0
+
+
+def _with_credentials(uri: str) -> str:
+    return uri.replace("http://", f"http://someone:{TOKEN}@")
+
+
+def _client(server) -> MlflowClient:
+    return MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
+
+
+def _files_containing(folder: Path, secret: str) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " WARNING " in line]
+
+
+def test_the_trainer_logs_params_tags_metrics_and_files_and_never_a_secret(
+    dataset, mlflow_server, trained_experiments, tmp_path
+):
+    experiments = tmp_path / "experiments"
+    env = {"MLFLOW_TRACKING_URI": _with_credentials(mlflow_server.uri)}
+    result = run_trainer(*trainer_args(dataset, experiments, "logged", *SAME_AS_SEED0), env=env)
+    assert result.returncode == 0, result.stderr
+    run_dir = experiments / "e" / "logged"
+    manifest = json.loads((run_dir / "run.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert manifest["mlflow"]["lost_calls"] == 0 and manifest["mlflow"]["error"] is None
+    assert manifest["mlflow"]["tracking_uri"] == mlflow_server.uri  # without the credentials
+
+    client = _client(mlflow_server)
+    run = client.get_run(manifest["mlflow"]["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "e"
+    assert (run.info.run_name, run.info.status) == ("logged", "FINISHED")
+    assert run.data.params == {key: str(value) for key, value in manifest["arguments"].items()}
+    assert run.data.tags["versions.torch"] == manifest["versions"]["torch"]
+    assert (
+        run.data.tags["dataset.sha256.cifar-10-batches-py/test_batch"]
+        == manifest["dataset"]["sha256"]["cifar-10-batches-py/test_batch"]
+    )
+    assert run.data.tags["model_sha256"] == manifest["model_sha256"]
+    for key in ("test_accuracy", "train_loss", "test_loss", "images_per_second"):
+        logged = client.get_metric_history(run.info.run_id, key)
+        assert [(m.step, m.value) for m in logged] == [(e["epoch"], pytest.approx(e[key])) for e in metrics["history"]]
+    plane = client.get_metric_history(run.info.run_id, "class_accuracy.plane")
+    assert [m.value for m in plane] == [pytest.approx(e["class_accuracy"]["plane"]) for e in metrics["history"]]
+    assert sorted(item.path for item in client.list_artifacts(run.info.run_id)) == RUN_FILES
+    downloaded = Path(client.download_artifacts(run.info.run_id, "model.pth", str(tmp_path)))
+    assert sha256_of(downloaded) == manifest["model_sha256"]
+
+    # Logging changes nothing in the results: the same bytes as the same run trained without MLflow.
+    assert manifest["model_sha256"] == sha256_of(trained_experiments / "e" / "seed0" / "model.pth")
+    for secret in (PASSWORD, TOKEN):
+        assert _files_containing(mlflow_server.folder, secret) == []
+        assert _files_containing(experiments, secret) == []
+        assert secret not in result.stdout + result.stderr
+
+
+def test_a_server_that_is_down_costs_one_warning_and_changes_nothing(dataset, trained_experiments, tmp_path):
+    experiments = tmp_path / "experiments"
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    result = run_trainer(*trainer_args(dataset, experiments, "offline", *SAME_AS_SEED0), env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(_warnings(result.stderr)) == 1 and "MLflow logging stopped" in result.stderr
+    run_dir = experiments / "e" / "offline"
+    assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES
+    record = json.loads((run_dir / "run.json").read_text())["mlflow"]
+    assert record["lost_calls"] > 0 and "no answer from the server" in record["error"] and record["run_id"] is None
+    assert sha256_of(run_dir / "model.pth") == sha256_of(trained_experiments / "e" / "seed0" / "model.pth")
+
+
+def test_a_server_that_dies_mid_run_or_hangs_never_stops_training(dataset, mlflow_server, tmp_path):
+    experiments = tmp_path / "experiments"
+    port = free_port()
+    # The server answers until it has stored the first epoch's metrics, then dies.
+    with started([PROXY, str(port), mlflow_server.uri, "runs/log-batch", "2"], port):
+        env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        result = run_trainer(*trainer_args(dataset, experiments, "dies", "--num_epochs", "3"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(_warnings(result.stderr)) == 1 and "MLflow logging stopped" in result.stderr
+    record = json.loads((experiments / "e" / "dies" / "run.json").read_text())["mlflow"]
+    assert record["lost_calls"] > 0 and record["run_id"] is not None
+    logged = _client(mlflow_server).get_metric_history(record["run_id"], "test_accuracy")
+    assert [m.step for m in logged] == [1]  # what reached the server before it died is there
+
+    hanging = free_port()
+    with started([PROXY, str(hanging), "--hang"], hanging):
+        env = {
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{hanging}",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",  # bounded waits, here shorter than the defaults
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        }
+        result = run_trainer(*trainer_args(dataset, experiments, "hangs"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(_warnings(result.stderr)) == 1
+    assert json.loads((experiments / "e" / "hangs" / "run.json").read_text())["mlflow"]["lost_calls"] > 0
+
+
+def _runs(*argv: str, env: dict) -> str:
+    result = run_command([command("image_classifier_runs"), *argv], env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_register_alias_models_and_training_from_mlflows_registry(dataset, mlflow_server, experiments, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
+    folder = ("--experiments_folder", str(experiments))
+    out = _runs("register", "e/seed0", "--name", "cifar-net", "--alias", "production", *folder, env=env)
+    assert "cifar-net version 1 (aliases: production)" in out and "MLflow model registry" in out
+    _runs("register", "e/seed1", "--name", "cifar-net", *folder, env=env)
+    _runs("alias", "cifar-net", "production", "2", *folder, env=env)
+    listed = json.loads(_runs("models", "cifar-net", "--format", "json", *folder, env=env))
+    assert [(m["version"], m["aliases"], m["source_run"]) for m in listed] == [
+        (1, [], "e/seed0"),
+        (2, ["production"], "e/seed1"),
+    ]
+    assert not (experiments / "registry.json").exists()  # with a tracking URI, MLflow is the registry
+
+    client = _client(mlflow_server)
+    production = client.get_model_version_by_alias("cifar-net", "production")
+    seed1_sha = json.loads((experiments / "e" / "seed1" / "run.json").read_text())["model_sha256"]
+    assert (production.version, production.tags["sha256"], production.tags["source_run"]) == ("2", seed1_sha, "e/seed1")
+    registered = client.get_run(production.run_id)
+    assert registered.info.run_name == "seed1" and registered.data.tags["model_sha256"] == seed1_sha
+
+    result = run_trainer(
+        *trainer_args(dataset, experiments, "tuned", "--pretrained_model", "models:/cifar-net@production"), env=env
+    )
+    assert result.returncode == 0, result.stderr
+    pretrained = json.loads((experiments / "e" / "tuned" / "run.json").read_text())["pretrained_model"]
+    assert pretrained == {
+        "path": str(experiments / "e" / "seed1" / "model.pth"),
+        "sha256": seed1_sha,
+        "uri": "models:/cifar-net@production",
+        "version": 2,
+    }
+
+    # Another machine, without the run folders: the weights come from MLflow, checked by their sha256.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    version = open_registry(elsewhere, mlflow_server.uri).resolve("models:/cifar-net/1")
+    assert version.run_dir is None and version.model_path.is_relative_to(elsewhere)
+    assert sha256_of(version.model_path) == sha256_of(experiments / "e" / "seed0" / "model.pth")
+
+
+def test_without_a_tracking_uri_mlflow_is_never_imported(trained_experiments):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from image_classifier.tracking.registry import open_registry\n"
+        "from image_classifier.tracking.runs import main\n"
+        f"main(['list', '--experiments_folder', {str(trained_experiments)!r}])\n"
+        f"open_registry(Path({str(trained_experiments)!r})).versions()\n"
+        "print('mlflow' in sys.modules)\n"
+    )
+    result = run_command([sys.executable, "-c", code], env={"MLFLOW_TRACKING_URI": ""})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_resumed_run_continues_its_mlflow_run_with_the_same_bytes(
+    dataset, mlflow_server, trained_experiments, tmp_path
+):
+    experiments = tmp_path / "experiments"
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
+    args = trainer_args(dataset, experiments, "resumed", *SAME_AS_SEED0)
+    stopped = run_command([sys.executable, FAULT_INJECTION, "TERM", "evaluate:2", *args], env=env)
+    assert stopped.returncode == 143, stopped.stderr
+    started_record = json.loads((experiments / "e" / "resumed.incomplete" / "run.json").read_text())["mlflow"]
+    assert _client(mlflow_server).get_run(started_record["run_id"]).info.status == "KILLED"
+
+    resumed = run_trainer(*args, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads((experiments / "e" / "resumed" / "run.json").read_text())
+    assert manifest["mlflow"]["run_id"] == started_record["run_id"] and manifest["mlflow"]["lost_calls"] == 0
+    run = _client(mlflow_server).get_run(started_record["run_id"])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in _client(mlflow_server).get_metric_history(run.info.run_id, "test_accuracy")]
+    assert sorted(set(steps)) == [1, 2]
+    assert manifest["model_sha256"] == sha256_of(trained_experiments / "e" / "seed0" / "model.pth")

@@ -1,0 +1,98 @@
+"""What the trainer records for tracking: the richer metrics, the figures, and `models:/` pretrained models."""
+
+import json
+import struct
+
+import pytest
+
+from image_classifier.run_dir import sha256_of
+from image_classifier.tracking.registry import REGISTRY_FILE, open_registry
+from tests.conftest import REPO_ROOT, RUN_FILES, TEST_SIZE, command, run_command, run_trainer, trainer_args
+
+pytestmark = pytest.mark.slow
+
+
+def _png_size(path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_metrics_hold_per_epoch_losses_class_accuracy_throughput_and_the_confusion_matrix(trained_experiments):
+    for run in ("seed0", "seed1"):
+        run_dir = trained_experiments / "e" / run
+        assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        last = metrics["history"][-1]
+        assert [entry["epoch"] for entry in metrics["history"]] == [1, 2]
+        assert last["test_accuracy"] == metrics["test_accuracy"] and last["test_loss"] == metrics["test_loss"]
+        assert last["class_accuracy"] == metrics["class_accuracy"]
+        for entry in metrics["history"]:
+            assert entry["test_loss"] > 0 and entry["train_loss"] > 0
+            assert entry["images_per_second"] > 0 and entry["seconds"] > 0
+            assert list(entry["class_accuracy"]) == list(metrics["class_accuracy"])
+        matrix = metrics["confusion_matrix"]
+        assert len(matrix) == len(matrix[0]) == 10 and sum(map(sum, matrix)) == TEST_SIZE
+        assert 100 * sum(matrix[i][i] for i in range(10)) / TEST_SIZE == pytest.approx(metrics["test_accuracy"])
+        for index, name in enumerate(metrics["class_accuracy"]):
+            if sum(matrix[index]):
+                assert 100 * matrix[index][index] / sum(matrix[index]) == pytest.approx(metrics["class_accuracy"][name])
+
+
+def test_the_figures_exist_are_readable_sizes_and_differ_when_results_differ(trained_experiments):
+    for name in ("curves.png", "confusion_matrix.png", "metrics.png"):
+        first, second = (trained_experiments / "e" / run / name for run in ("seed0", "seed1"))
+        width, height = _png_size(first)
+        assert width >= 800 and height >= 450, (name, width, height)
+        assert first.stat().st_size > 20_000
+        assert first.read_bytes() != second.read_bytes(), name
+
+
+def test_older_runs_read_everywhere(trained_experiments, capsys):
+    """The committed example run was made before test_loss, confusion matrices and curves existed."""
+    from image_classifier.tracking.runs import main
+
+    example = REPO_ROOT / "experiments"
+    assert main(["list", "--experiments_folder", str(example), "--format", "json"]) == 0
+    (row,) = [r for r in json.loads(capsys.readouterr().out) if r["run"] == "run_1"]
+    assert (row["status"], row["test_accuracy"], row["epochs"]) == ("completed", 94.0, 2)
+    assert main(["show", "local_exp_test/run_1", "--experiments_folder", str(example)]) == 0
+    assert "metrics per epoch" in capsys.readouterr().out
+
+
+def test_training_from_a_registered_version_records_the_uri_and_the_version(dataset, experiments):
+    registry = open_registry(experiments)
+    registry.register(experiments / "e" / "seed0", "cifar-net")
+    registry.register(experiments / "e" / "seed1", "cifar-net", aliases=["production"])
+    result = run_trainer(
+        *trainer_args(dataset, experiments, "tuned", "--pretrained_model", "models:/cifar-net@production")
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((experiments / "e" / "tuned" / "run.json").read_text())
+    assert manifest["pretrained_model"] == {
+        "path": str(experiments / "e" / "seed1" / "model.pth"),
+        "sha256": sha256_of(experiments / "e" / "seed1" / "model.pth"),
+        "uri": "models:/cifar-net@production",
+        "version": 2,
+    }
+    assert manifest["arguments"]["pretrained_model_uri"] == "models:/cifar-net@production"
+    assert "cifar-net version 2" in result.stderr
+
+    # A registered file whose bytes changed is refused before any work, with one error line.
+    with (experiments / "e" / "seed1" / "model.pth").open("ab") as stream:
+        stream.write(b"\0")
+    refused = run_trainer(*trainer_args(dataset, experiments, "refused", "--pretrained_model", "models:/cifar-net/2"))
+    assert refused.returncode == 1
+    assert "changed since it was registered" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (experiments / "e" / "refused").exists() and not (experiments / "e" / "refused.incomplete").exists()
+    assert json.loads((experiments / REGISTRY_FILE).read_text())["models"]["cifar-net"]["aliases"] == {"production": 2}
+
+
+def test_the_runs_command_refuses_an_unknown_alias_for_the_trainer_too(dataset, experiments):
+    result = run_command(
+        [
+            command("image_classifier_trainer"),
+            *trainer_args(dataset, experiments, "x", "--pretrained_model", "models:/nobody@production"),
+        ]
+    )
+    assert result.returncode == 1 and "no model named 'nobody'" in result.stderr
