@@ -22,7 +22,9 @@ export DB_PASSWORD
 help:
 	@awk '/^## / { doc = substr($$0, 4); next } /^[a-zA-Z_-]+:/ && doc { split($$0, target, ":"); printf "  %-14s %s\n", target[1], doc } { doc = "" }' $(MAKEFILE_LIST)
 
+# The lock files install on one platform only: say so at once rather than after minutes of pip.
 $(BIN)/python:
+	@bash requirements/check_platform.sh "$(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
@@ -94,13 +96,13 @@ reproduce: data
 build: $(VENV)/.dev-installed
 	$(BIN)/python -m build --no-isolation --outdir dist .
 
-## Build the Docker image (docker/build.sh)
-docker-build:
-	bash docker/build.sh
+## Build the Docker image (docker/build.sh); the venv's python builds the wheel
+docker-build: $(VENV)/.prod-installed
+	PYTHON=$(abspath $(BIN)/python) bash docker/build.sh
 
-## Build the image on a local base, train in a container as the workflow does, check the outputs
-docker-test:
-	bash docker/test_image.sh
+## Build the image, train in a container as the workflow does, check the outputs (docker/test_image.sh)
+docker-test: $(VENV)/.prod-installed
+	PYTHON=$(abspath $(BIN)/python) bash docker/test_image.sh
 
 ## Remove build outputs, caches and generated data (keeps $(VENV) and the experiments)
 clean:

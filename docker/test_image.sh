@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
 # Build the training image with docker/build.sh and train in a container exactly as the training workflow
-# does, then check the outputs on the host. `make docker-test`; CI runs it.
+# does, then check the outputs and the image's provenance on the host. `make docker-test`; CI runs it.
 #
-# On a machine without a running Docker engine or registry access (like our CI machines) it first sets up,
-# as root, what is missing, and stops at the end what it started:
+# Where a Docker engine already answers (`docker info` works), it uses that engine as it is, as any user
+# allowed to use it: no root, nothing installed, no engine of its own; the base image is BASE_IMAGE (default
+# python:3.11-slim) and the build's pip uses PyPI.
+# Where none answers (our CI machines), it sets up, as root, what is missing, and stops at the end what it
+# started:
 #   - Debian's docker.io engine, started with its own data root and socket under $WORK;
 #   - a local base image (debootstrap bookworm with python3) carrying the host's CA bundle, so that pip in
 #     the build can verify TLS here: this test base is the only image that needs it;
 #   - a wheelhouse of the locked production requirements, served on 127.0.0.1 as the build's pip index
 #     (the Dockerfile's PIP_INDEX_URL), so the 5 GB of PyTorch come from this machine's disk.
+# Either way the image is built under its own name, image-classifier-test, with the label
+# image-classifier.docker-test=true, and the test removes only images carrying that label: the earlier test
+# images. The latest stays, so that on a running engine the next run reuses its layers (`docker rmi` removes
+# it); the local set-up's wheelhouse changes address each run, and so the layers.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 WORK="${WORK:-/tmp/image-classifier-docker-test}"
 TEST_BASE_IMAGE="image-classifier-test-base:bookworm"
+TEST_LABEL="image-classifier.docker-test=true"
 PYTHON="${PYTHON:-$repo/.venv/bin/python}"
+export IMAGE_NAME="${IMAGE_NAME:-image-classifier-test}"
 started_pids=()
 
 log() { printf '== %s\n' "$*" >&2; }
@@ -41,10 +50,7 @@ need_root() {
     fi
 }
 
-start_engine() {
-    if docker info >/dev/null 2>&1; then
-        return
-    fi
+start_local_engine() {
     need_root "no Docker engine answers"
     if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
         log "installing Debian's docker.io and debootstrap"
@@ -106,18 +112,55 @@ PY
     INDEX_URL="http://127.0.0.1:$port/simple/"
 }
 
+remove_earlier_test_images() {
+    # Only this test's own images, found by their label: never an image someone else built or pulled. Each commit
+    # gives a new tag, so earlier test images are removed whether or not this build took their tag.
+    local current id
+    current="$(docker image inspect --format '{{.Id}}' "$IMAGE")"
+    for id in $(docker image ls --quiet --no-trunc --filter "label=$TEST_LABEL"); do
+        if [ "$id" != "$current" ]; then
+            docker image rm "$id" >/dev/null || log "kept $id: docker could not remove it"
+        fi
+    done
+}
+
+check_label() {
+    local name="$1" expected="$2" found
+    found="$(docker image inspect --format "{{ index .Config.Labels \"$name\" }}" "$IMAGE")"
+    [ "$found" = "$expected" ] || { echo "error: label $name is '$found', expected '$expected'" >&2; exit 1; }
+}
+
 mkdir -p "$WORK"
 [ -x "$PYTHON" ] || make -C "$repo" requirements
-start_engine
-make_base_image
-serve_wheelhouse
-
-log "building the image with docker/build.sh"
-BASE_IMAGE="$TEST_BASE_IMAGE" PYTHON="$PYTHON" \
-    DOCKER_BUILD_ARGS="--network host --build-arg PIP_INDEX_URL=$INDEX_URL" bash "$here/build.sh"
+build_args="--force-rm --label $TEST_LABEL"
+if docker info >/dev/null 2>&1; then
+    log "using the running Docker engine as it is"
+else
+    start_local_engine
+    if [ -z "${BASE_IMAGE:-}" ]; then
+        make_base_image
+        export BASE_IMAGE="$TEST_BASE_IMAGE"
+    fi
+    serve_wheelhouse
+    build_args+=" --network host --build-arg PIP_INDEX_URL=$INDEX_URL"
+fi
+export PYTHON
 source "$here/configure.sh"
+head_commit="$(git -C "$repo" rev-parse HEAD)"
+tree_changes="$(git -C "$repo" status --porcelain --untracked-files=no)"
+
+log "building $IMAGE on $BASE_IMAGE with docker/build.sh"
+DOCKER_BUILD_ARGS="$build_args" bash "$here/build.sh"
+remove_earlier_test_images
 [ "$(docker image inspect --format '{{.Config.User}}' "$IMAGE")" = "1000:1000" ]
 
+log "checking the image's provenance: labels and the installed package"
+check_label org.opencontainers.image.version "$PACKAGE_VERSION"
+check_label org.opencontainers.image.revision "$head_commit"
+installed="$(docker run --rm --entrypoint python "$IMAGE" -c \
+    'import image_classifier, image_classifier._version as v; print(image_classifier.__version__, v.commit_id)')"
+[ "$installed" = "$PACKAGE_VERSION $head_commit" ] \
+    || { echo "error: the image's package is '$installed', expected '$PACKAGE_VERSION $head_commit'" >&2; exit 1; }
 log "training in a container, as .github/workflows/training.yaml does"
 run="$WORK/run"
 mkdir -p "$run/data" "$run/experiments"
@@ -148,17 +191,23 @@ if docker history --no-trunc "$IMAGE" | grep -q "$password"; then
     echo "error: the password is in the image's layers" >&2
     exit 1
 fi
-"$PYTHON" - "$run_dir" <<'PY'
+"$PYTHON" - "$run_dir" "$PACKAGE_VERSION" "$head_commit" "$tree_changes" <<'PY'
 import json, sys
 from pathlib import Path
-run_dir = Path(sys.argv[1])
+run_dir, version, head_commit, tree_changes = Path(sys.argv[1]), *sys.argv[2:]
 metrics = json.loads((run_dir / "metrics.json").read_text())
 manifest = json.loads((run_dir / "run.json").read_text())
 assert manifest["status"] == "completed" and manifest["device"] == "cpu", manifest
 assert len(metrics["class_accuracy"]) == 10 and len(metrics["history"]) == 1, metrics
 assert "requirements-prod.txt" in (manifest["lock_files"] or {}), manifest["lock_files"]  # installed from the lock
-print(f"container run: test accuracy {metrics['test_accuracy']:.1f} %, python {manifest['versions']['python']}")
+# The run names the code it ran: the package version and the commit the image was built from.
+assert manifest["versions"]["image_classifier"] == version, (manifest["versions"], version)
+code = manifest["code"]
+if tree_changes:
+    print("note: the tree has uncommitted changes, so no commit describes the code: code.commit not compared")
+else:
+    assert code["commit"] == head_commit, (code, head_commit)
+print(f"container run: test accuracy {metrics['test_accuracy']:.1f} %, python {manifest['versions']['python']}, "
+      f"code {version} ({code['commit']})")
 PY
-# Each build leaves the previous image untagged: remove those so repeated runs do not fill the disk.
-docker image prune --force >/dev/null
 log "docker test passed: $IMAGE"
