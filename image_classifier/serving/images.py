@@ -5,8 +5,8 @@ The one conversion rule (the README's "Serving predictions" states it too):
    checked against a pixel limit *before* any pixel is decoded, so a small file that declares a huge image
    (a decompression bomb) is refused without using the memory; a truncated file is an error, never padded;
 2. the EXIF orientation, when there is one, is applied (a phone photo is upright, as it is shown);
-3. 16-bit images keep their top 8 bits' worth of precision: a value v becomes round(v / 257), which gives
-   back exactly the 8-bit value an 8-bit image scaled to 16 bits (v8 * 257) came from;
+3. 16-bit images keep their high byte, v >> 8: that is what Pillow does with 16-bit colour PNGs as it reads
+   them, and 16-bit grey follows the same rule (an 8-bit image scaled to 16 bits, v8 * 257, gets v8 back);
 4. transparency (an alpha channel or a transparent palette entry) is composited over white;
 5. the result is RGB; anything but 32 x 32 is resized to 32 x 32 with Pillow's BICUBIC filter (which
    antialiases when shrinking), stretching rather than cropping, so the whole picture is seen;
@@ -104,9 +104,9 @@ def _has_transparency(image: Image.Image) -> bool:
 
 
 def _sixteen_bit_to_grey(image: Image.Image) -> Image.Image:
-    values = np.asarray(image).astype(np.float64)
-    # round(v / 257) maps 0..65535 onto 0..255 and undoes the usual 8-to-16-bit scaling (v8 * 257) exactly.
-    return Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+    # The high byte, as Pillow reduces 16-bit colour; mode "I" can hold negative or larger values: clipped.
+    values = np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8
+    return Image.fromarray(values.astype(np.uint8))  # 2-D uint8: mode L
 
 
 def _first_line(exc: BaseException) -> str:

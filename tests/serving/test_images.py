@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -47,15 +49,31 @@ def test_grey_becomes_three_equal_channels():
         np.testing.assert_array_equal(channel, grey)
 
 
-def test_sixteen_bit_grey_is_rounded_from_v_over_257():
-    grey = RGB[:, :, 0]
-    sixteen = Image.fromarray(grey.astype(np.uint16) * 257)
-    assert sixteen.mode.startswith("I;16")
+def sixteen_bit_rgb_png(values: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (Pillow cannot write one), from big-endian height x width x 3 values."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = values.shape
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_sixteen_bit_images_keep_their_high_byte_in_colour_and_in_grey():
+    values = RNG.integers(0, 65536, (32, 32, 3)).astype(np.uint16)
+    np.testing.assert_array_equal(decode_image(sixteen_bit_rgb_png(values)), chw((values >> 8).astype(np.uint8)))
+    grey = Image.fromarray(values[:, :, 0])
+    assert grey.mode.startswith("I;16")
+    decoded = decode_image(encode(grey, "PNG"))
+    for channel in decoded:
+        np.testing.assert_array_equal(channel, values[:, :, 0] >> 8)
+    # An 8-bit image scaled to 16 bits (v * 257) comes back exactly.
+    scaled = Image.fromarray(RGB[:, :, 0].astype(np.uint16) * 257)
     np.testing.assert_array_equal(
-        decode_image(encode(sixteen, "PNG")), decode_image(encode(Image.fromarray(grey), "PNG"))
+        decode_image(encode(scaled, "PNG")), decode_image(encode(Image.fromarray(RGB[:, :, 0]), "PNG"))
     )
-    odd = Image.fromarray(np.full((32, 32), 385, dtype=np.uint16))  # 385 / 257 = 1.498...
-    assert (decode_image(encode(odd, "PNG")) == 1).all()
 
 
 def test_transparency_is_composited_over_white():
