@@ -143,6 +143,8 @@ else
     fi
     serve_wheelhouse
     build_args+=" --network host --build-arg PIP_INDEX_URL=$INDEX_URL"
+    # The engine started here may have no port publishing (no iptables): the service uses the host's network.
+    export CHECK_NETWORK=host
 fi
 export PYTHON
 source "$here/configure.sh"
@@ -210,4 +212,6 @@ else:
 print(f"container run: test accuracy {metrics['test_accuracy']:.1f} %, python {manifest['versions']['python']}, "
       f"code {version} ({code['commit']})")
 PY
+log "checking that the same image serves the run's predictions"
+bash "$here/check_serving.sh" "$IMAGE" "$run_dir"
 log "docker test passed: $IMAGE"

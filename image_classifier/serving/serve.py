@@ -1,0 +1,174 @@
+"""image_classifier_serve: real-time predictions over HTTP (FastAPI on uvicorn), batched on the server.
+
+Copy-paste examples:
+
+    image_classifier_serve --model experiments/local_exp_test/run_1
+    curl -s -H 'Content-Type: image/png' --data-binary @cat.png http://127.0.0.1:8000/predict
+    curl -s -F file=@cat.png http://127.0.0.1:8000/predict
+    curl -s -F files=@cat.png -F files=@dog.jpg 'http://127.0.0.1:8000/predict/batch?top_k=1'
+    SERVE_TOKEN=s3cret image_classifier_serve --model models:/cifar@production --reload_every 60
+    kill -HUP <pid>    # re-resolve models:/cifar@production now; kill -TERM <pid> stops gracefully
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from image_classifier import __version__
+from image_classifier.cli import (
+    ArgumentParser,
+    add_verbose_option,
+    checked,
+    configure_logging,
+    exit_code_of,
+    positive_float,
+    positive_int,
+)
+from image_classifier.data.database import Secret
+from image_classifier.serving.options import add_image_options, add_model_options, model_request_from
+from image_classifier.serving.registry_client import is_alias_uri
+from image_classifier.serving.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "SERVE_TOKEN"
+port_int = checked(int, lambda v: 0 <= v <= 65535, "a port from 0 to 65535 (0: any free port)")
+non_negative_float = checked(float, lambda v: 0 <= v < float("inf"), "a finite number of 0 or more")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="image_classifier_serve",
+        description="Serve predictions over HTTP: POST /predict, POST /predict/batch, GET /health, /ready, "
+        f"/metadata, /metrics, /docs. Set {TOKEN_ENV} to require 'Authorization: Bearer <token>' on every "
+        "route but /health.",
+    )
+    add_model_options(parser)
+    http = parser.add_argument_group("HTTP")
+    http.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    http.add_argument("--port", type=port_int, default=8000, help="port to listen on")
+    http.add_argument("--top_k", type=positive_int, default=3, help="classes per image unless ?top_k= says otherwise")
+    http.add_argument(
+        "--max_upload_bytes",
+        type=positive_int,
+        default=4 * 1024 * 1024,
+        help="largest request body (one image or a batch)",
+    )
+    http.add_argument(
+        "--max_batch_images", type=positive_int, default=64, help="most images in one /predict/batch request"
+    )
+    add_image_options(http, positive_int)
+    http.add_argument(
+        "--graceful_timeout",
+        type=positive_float,
+        default=30.0,
+        help="seconds that requests in flight get to finish after SIGTERM",
+    )
+    http.add_argument("--access_log", action="store_true", help="log every request (uvicorn's access log)")
+    batching = parser.add_argument_group("batching")
+    batching.add_argument(
+        "--max_batch_size", type=positive_int, default=32, help="most images per forward pass (1: no batching)"
+    )
+    batching.add_argument(
+        "--max_wait_ms",
+        type=non_negative_float,
+        default=2.0,
+        help="how long a batch waits for requests already arriving; a lone request never waits",
+    )
+    batching.add_argument("--torch_threads", type=positive_int, default=1, help="CPU threads of the forward pass")
+    reload = parser.add_argument_group("reload (models:/NAME@ALIAS only; SIGHUP also reloads)")
+    reload.add_argument(
+        "--reload_every",
+        type=positive_float,
+        default=None,
+        help="re-resolve the alias every this many seconds, and swap in the version it points to",
+    )
+    add_verbose_option(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ServeSettings:
+    if args.reload_every is not None and not is_alias_uri(args.model):
+        parser.error("--reload_every needs a model given as models:/NAME@ALIAS")
+    return ServeSettings(
+        model=model_request_from(parser, args),
+        host=args.host,
+        port=args.port,
+        top_k=args.top_k,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_bytes=args.max_upload_bytes,
+        max_batch_images=args.max_batch_images,
+        max_image_pixels=args.max_image_pixels,
+        reload_every=args.reload_every,
+        graceful_timeout=args.graceful_timeout,
+        torch_threads=args.torch_threads,
+        access_log=args.access_log,
+        token=token_from_environment(parser),
+    )
+
+
+def token_from_environment(parser: argparse.ArgumentParser) -> Secret | None:
+    token = os.environ.get(TOKEN_ENV)
+    if token is None:
+        return None
+    if not token.strip():
+        parser.error(f"{TOKEN_ENV} is set but empty: unset it to serve without a token, or give it a value")
+    return Secret(token)
+
+
+def serve(settings: ServeSettings) -> int:
+    # Imported here so that --help and usage errors answer at once, without loading torch.
+    import torch
+    import uvicorn
+
+    from image_classifier.serving.app import create_app
+    from image_classifier.serving.model_source import load_model
+
+    torch.set_num_threads(settings.torch_threads)
+    model = load_model(settings.model)  # before binding the port: a bad model is one error line, not a stack
+    config = uvicorn.Config(
+        create_app(settings, model),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our handlers, set up once in main()
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.graceful_timeout,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    stopped_by: list[int] = []
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the previous handler:
+    # this one, so that a requested stop ends with exit status 0 instead of death by signal.
+    previous = {
+        sig: signal.signal(sig, lambda number, frame: stopped_by.append(number))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        logger.error("the server did not start (see the messages above)")
+        return 1
+    if stopped_by:
+        logger.info("stopped by %s", signal.Signals(stopped_by[0]).name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = settings_from_args(parser, args)
+    configure_logging(args.verbose)
+    return exit_code_of(lambda: serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Serving fixtures: one tiny real run trained per session, its test images as PNG files, and the service
+started as a real process (the console script) on a free port and always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from image_classifier.data.data import load_dataset, preprocess
+from image_classifier.model.model import Net
+from tests.conftest import command, run_trainer, trainer_args
+
+READY_TIMEOUT_S = 180  # a process importing torch takes 10-40 s to start on a busy 2-core machine
+
+
+@dataclass(frozen=True)
+class OfflineResults:
+    """The test split through the trained weights, the way the trainer's evaluation computes it."""
+
+    images: np.ndarray  # uint8 N x 3 x 32 x 32
+    labels: np.ndarray
+    probabilities: np.ndarray  # softmax of the logits, N x 10
+    classes: tuple[str, ...]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(dataset, tmp_path_factory) -> Path:
+    """experiments/e/r of a one-epoch run on the generated dataset."""
+    experiments = tmp_path_factory.mktemp("serving") / "experiments"
+    result = run_trainer(*trainer_args(dataset, experiments, "r", "--num_epochs", "1"))
+    assert result.returncode == 0, result.stderr
+    return experiments / "e" / "r"
+
+
+@pytest.fixture(scope="session")
+def offline(trained_run, dataset) -> OfflineResults:
+    data = load_dataset(dataset)
+    net = Net(len(data.classes))
+    net.load_state_dict(torch.load(trained_run / "model.pth", weights_only=True))
+    net.eval()
+    with torch.inference_mode():
+        probabilities = torch.softmax(net(preprocess(data.test.images)), dim=1).numpy()
+    return OfflineResults(data.test.images.numpy(), data.test.labels.numpy(), probabilities, data.classes)
+
+
+@pytest.fixture(scope="session")
+def test_pngs(offline, tmp_path_factory) -> list[Path]:
+    """The test split as 32 x 32 RGB PNG files, in order."""
+    folder = tmp_path_factory.mktemp("test_pngs")
+    paths = []
+    for index, image in enumerate(offline.images):
+        path = folder / f"{index:03d}.png"
+        Image.fromarray(image.transpose(1, 2, 0)).save(path)
+        paths.append(path)
+    return paths
+
+
+def png_bytes(image_chw: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image_chw.transpose(1, 2, 0)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG of a few KB that declares width x height RGB pixels but holds only 10 rows (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + 3 * width) * 10)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_until_healthy(server: Server) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"the service exited with {server.process.returncode}:\n{server.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.url + "/health", timeout=5).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"the service did not answer /health within {READY_TIMEOUT_S} s:\n{server.log()}")
+
+
+def stop(server: Server) -> int:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    return server.process.returncode
+
+
+@contextlib.contextmanager
+def running_server(log_dir: Path, *args: str, env: dict | None = None, cwd: Path | None = None):
+    """`image_classifier_serve ARGS --port <free>` as a real process; stopped (SIGTERM) even when the test fails."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if k not in ("SERVE_TOKEN", "MLFLOW_TRACKING_URI")}
+    environment.update(env or {})
+    log_path = log_dir / f"serve-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [command("image_classifier_serve"), *args, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=cwd,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_until_healthy(server)
+        yield server
+    finally:
+        stop(server)
+
+
+@pytest.fixture(scope="module")
+def served_run(trained_run, tmp_path_factory):
+    """The trained run, served with the default settings for a whole test module."""
+    with running_server(tmp_path_factory.mktemp("logs"), "--model", str(trained_run)) as server:
+        yield server
