@@ -84,7 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument(
         "--num_epochs", type=non_negative_int, default=2, help="epochs to train; 0 only evaluates the model"
     )
-    training.add_argument("--batch_size", type=positive_int, default=4, help="mini-batch size, for training and test")
+    training.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=4,
+        help="training mini-batch size; under torchrun, per process (the global batch is N times larger)",
+    )
+    training.add_argument(
+        "--eval_batch_size",
+        type=positive_int,
+        default=1000,
+        help="evaluation batch size, independent of --batch_size (it changes speed and memory, not the counts)",
+    )
     training.add_argument(
         "--num_workers",
         type=non_negative_int,
@@ -98,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=device_name,
         default="auto",
         help="auto (cuda if available, else cpu), cpu, cuda or cuda:<index>",
+    )
+    speed = parser.add_argument_group("speed")
+    speed.add_argument(
+        "--num_threads",
+        type=non_negative_int,
+        default=0,
+        help="torch CPU threads; 0 picks them from the batch size: 1 below batch 128, else all cores",
+    )
+    speed.add_argument(
+        "--channels_last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep images and weights in channels-last layout (faster convolutions on CPU and GPU)",
+    )
+    speed.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast for forward passes (for GPUs with bf16; slower on most CPUs)",
     )
     training.add_argument(
         "--deterministic",

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from image_classifier.config import TrainConfig
-from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches
+from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches, prepare_split
 from image_classifier.data.database import Secret, load_settings
 from image_classifier.errors import RunDirectoryError, TrainingInterrupted, UserError
 from image_classifier.manifest import differences, last_environment
@@ -43,6 +43,22 @@ CHECKPOINT_FORMAT = 2
 # What --resume refuses to mix into one run (unless --force): each changes the bytes the run produces.
 # Other environment differences (CPU capability, platform, numpy...) are recorded and warned about.
 RESUME_MUST_MATCH = ("device", "versions.torch", "code.sha256")
+
+# Below this batch size one CPU thread trains faster than several: the work per step is too small to share
+# (batch 4 on the 2-core machine of the README's Performance section: 2 threads were 1.5x to 30x slower,
+# the worse the busier the machine); from here on a step has enough work for every core.
+SINGLE_THREAD_BELOW_BATCH = 128
+
+
+def torch_threads_for(config: TrainConfig) -> int:
+    """The CPU thread count a new run uses: --num_threads, or one chosen from the batch size."""
+    if config.num_threads:
+        return config.num_threads
+    return 1 if config.batch_size < SINGLE_THREAD_BELOW_BATCH else torch.get_num_threads()
+
+
+def memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
 
 
 class StopSignals:
@@ -141,9 +157,16 @@ class TrainingSession:
 
     def evaluate_test_set(self, stop: StopSignals) -> dict:
         config, data = self.config, self.data
-        test_batches = iterate_batches(data.test, config.batch_size, self.device)
-        steps = num_batches(len(data.test), config.batch_size)
-        return evaluate(self.model, test_batches, data.classes, steps, after_step=lambda: self._stop_if_asked(stop))
+        test_batches = iterate_batches(data.test, config.eval_batch_size, self.device)
+        steps = num_batches(len(data.test), config.eval_batch_size)
+        return evaluate(
+            self.model,
+            test_batches,
+            data.classes,
+            steps,
+            after_step=lambda: self._stop_if_asked(stop),
+            amp=config.amp,
+        )
 
     def train_remaining_epochs(self, state: RunState, stop: StopSignals) -> dict:
         """Run the epochs left from `state`; return the last evaluation's metrics."""
@@ -165,7 +188,7 @@ class TrainingSession:
                     self._stop_if_asked(stop)
 
                 batches = iterate_batches(data.train, config.batch_size, self.device, state.order, progress.step)
-                train_one_epoch(self.model, batches, self.optimizer, progress, train_steps, after_step)
+                train_one_epoch(self.model, batches, self.optimizer, progress, train_steps, after_step, amp=config.amp)
                 self.save_checkpoint(state)  # a kill during evaluation resumes here, not at the epoch's start
             metrics = self.evaluate_test_set(stop)
             progress.seconds = seconds_before + time.monotonic() - started
@@ -290,6 +313,7 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
     else:
         run_dir.check_can_start()  # before any work: a refused run touches nothing
         checkpoint = None
+        torch.set_num_threads(torch_threads_for(config))
     device = resolve_device(config.device)
     environment = run_environment(device)
     pretrained = None
@@ -300,9 +324,15 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
     if checkpoint is not None and checkpoint["dataset_sha256"] != data.file_sha256:
         raise RunDirectoryError(f"the dataset in {config.dataset_folder} changed since the interrupted run")
 
+    data = dataclasses.replace(
+        data,
+        train=prepare_split(data.train, device, memory_format(config)),
+        test=prepare_split(data.test, device, memory_format(config)),
+    )
+
     determinism = configure_determinism(config.deterministic, device)
     seed_everything(config.seed)
-    model = build_model(len(data.classes), device)
+    model = build_model(len(data.classes), device).to(memory_format=memory_format(config))
     optimizer = build_optimizer(model, config.learning_rate, config.momentum)
     shuffle = torch.Generator().manual_seed(config.seed)
     session = TrainingSession(config, data, device, model, optimizer, shuffle, run_dir)

@@ -26,19 +26,19 @@ def inject(signal_name: str, point: str) -> None:
     if kind == "train":
         train_one_epoch = trainer.train_one_epoch
 
-        def patched_train(model, batches, optimizer, progress, total_steps, after_step=None):
+        def patched_train(model, batches, optimizer, progress, total_steps, after_step=None, **options):
             def hooked(progress):
                 if (progress.epoch, progress.step) == where:
                     os.kill(os.getpid(), sig)
                 after_step(progress)
 
-            return train_one_epoch(model, batches, optimizer, progress, total_steps, hooked)
+            return train_one_epoch(model, batches, optimizer, progress, total_steps, hooked, **options)
 
         trainer.train_one_epoch = patched_train
     elif kind == "evaluate":
         evaluate, calls = trainer.evaluate, []
 
-        def patched_evaluate(model, batches, classes, total_steps=None, after_step=None):
+        def patched_evaluate(model, batches, classes, total_steps=None, after_step=None, **options):
             calls.append(1)
             fired = []
 
@@ -48,7 +48,7 @@ def inject(signal_name: str, point: str) -> None:
                     os.kill(os.getpid(), sig)
                 after_step()
 
-            return evaluate(model, batches, classes, total_steps, hooked)
+            return evaluate(model, batches, classes, total_steps, hooked, **options)
 
         trainer.evaluate = patched_evaluate
     elif kind == "saved":

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from image_classifier.model.training import autocast
+
 
 @torch.inference_mode()
 def evaluate(
@@ -16,6 +18,7 @@ def evaluate(
     classes: Sequence[str],
     total_steps: int | None = None,
     after_step: Callable[[], None] | None = None,
+    amp: bool = False,
 ) -> dict:
     """Return {"test_accuracy": %, "class_accuracy": {class: % or None}} over all `batches`.
 
@@ -27,7 +30,8 @@ def evaluate(
     correct = torch.zeros(num_classes, dtype=torch.int64)
     seen = torch.zeros(num_classes, dtype=torch.int64)
     for images, labels in tqdm(batches, total=total_steps, desc="evaluate", unit="batch", leave=False, disable=None):
-        predictions = model(images).argmax(dim=1)
+        with autocast(images.device, amp):
+            predictions = model(images).argmax(dim=1)
         labels = labels.cpu()
         seen += torch.bincount(labels, minlength=num_classes)
         correct += torch.bincount(labels[predictions.cpu() == labels], minlength=num_classes)

@@ -38,3 +38,23 @@ def test_a_class_absent_from_the_test_set_has_no_accuracy():
     metrics = evaluate(FixedPredictions(), iterate_batches(split, 2, torch.device("cpu")), ["a", "b", "c"])
     assert metrics["class_accuracy"] == {"a": 100.0, "b": 100.0, "c": None}
     assert metrics["test_accuracy"] == 100.0
+
+
+def test_the_eval_batch_size_does_not_change_the_counts(dataset):
+    """A trained model evaluated at batch 4 (the training batch size) and at 1000 counts the same images right."""
+    from image_classifier.data.data import load_dataset, prepare_split
+    from image_classifier.model.model import Net
+    from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
+
+    data = load_dataset(dataset)
+    train, test = (prepare_split(split, torch.device("cpu"), torch.channels_last) for split in (data.train, data.test))
+    torch.manual_seed(0)
+    model = Net().to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, 0.01, 0.9)
+    train_one_epoch(model, iterate_batches(train, 4, torch.device("cpu")), optimizer, EpochProgress(epoch=1), 75)
+
+    at_4, at_1000 = (
+        evaluate(model, iterate_batches(test, size, torch.device("cpu")), data.classes) for size in (4, 1000)
+    )
+    assert at_4 == at_1000
+    assert 0 < at_4["test_accuracy"] < 100  # a model that classifies some, not all: the counts are informative
