@@ -44,10 +44,11 @@ CHECKPOINT_FORMAT = 2
 # Other environment differences (CPU capability, platform, numpy...) are recorded and warned about.
 RESUME_MUST_MATCH = ("device", "versions.torch", "code.sha256")
 
-# Below this batch size one CPU thread trains faster than several: the work per step is too small to share
-# (batch 4 on the 2-core machine of the README's Performance section: 2 threads were 1.5x to 30x slower,
-# the worse the busier the machine); from here on a step has enough work for every core.
-SINGLE_THREAD_BELOW_BATCH = 128
+# Below this batch size one CPU thread trains faster than several. Measured on the README's 2-core machine
+# (shared, load 4-6): 2 threads were 3x to 30x slower than 1 at every batch from 4 to 512 (a thread that
+# waits for a descheduled partner at every kernel); unloaded, they gain at most ~1.5x at batch 512. Larger
+# batches use every core; `--num_threads` sets any count.
+SINGLE_THREAD_BELOW_BATCH = 1024
 
 
 def torch_threads_for(config: TrainConfig) -> int:
