@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -180,6 +181,11 @@ def check_device_exists(parser: argparse.ArgumentParser, device: str) -> None:
         parser.error(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s) (0 to n-1)")
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (RANK in the environment), or a plain run; read without loading torch."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -192,13 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     password = password_from(parser, args.db_pass)
     check_device_exists(parser, config.device)
     configure_logging(config.verbose)
+    main_process = is_main_process()
+    if not main_process:  # under torchrun, rank 0 alone reports progress; the others only what goes wrong
+        logging.getLogger().setLevel(logging.WARNING)
 
     def train() -> int:
         # Imported here so that --help and usage errors answer at once, without loading torch.
         from image_classifier.trainer import run_training
 
         run_dir = run_training(config, password)
-        print(f"run written to {run_dir}")
+        if main_process:
+            print(f"run written to {run_dir}")
         return 0
 
     return exit_code_of(train)

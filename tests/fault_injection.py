@@ -8,6 +8,8 @@
 
 The signal is real (os.kill on itself): SIGKILL ends the process on the spot, SIGTERM and SIGINT go
 through the trainer's handlers. Only this test helper patches the trainer; the package has no test hooks.
+Under torchrun (`python -m torch.distributed.run ... tests/fault_injection.py ...`), FAULT_RANK=<r> in the
+environment limits the fault to that rank.
 """
 
 import os
@@ -19,6 +21,8 @@ from image_classifier.main import main
 
 
 def inject(signal_name: str, point: str) -> None:
+    if os.environ.get("FAULT_RANK", os.environ.get("RANK")) != os.environ.get("RANK"):
+        return  # another rank of the torchrun job is the one to fail
     sig = getattr(signal, f"SIG{signal_name}")
     kind, *numbers = point.split(":")
     where = tuple(int(n) for n in numbers) if kind != "written" else ()

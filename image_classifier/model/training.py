@@ -52,11 +52,13 @@ def train_one_epoch(
     total_steps: int,
     after_step: Callable[[EpochProgress], None] | None = None,
     amp: bool = False,
+    progress_bar: bool = True,
 ) -> EpochProgress:
     """Train on `batches` (the rest of the epoch from `progress.step`), updating `progress` in place.
 
     `after_step` runs after every optimiser step: the trainer uses it to checkpoint and to stop cleanly.
     `amp`: bf16 autocast for the forward pass and the loss (the backward pass follows their dtypes).
+    `progress_bar`: False on the ranks of a torchrun job other than 0.
     """
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -67,7 +69,7 @@ def train_one_epoch(
         desc=f"epoch {progress.epoch}",
         unit="batch",
         leave=False,
-        disable=None,  # no bar when stderr is not a terminal (CI logs, Docker without -t)
+        disable=None if progress_bar else True,  # None: no bar when stderr is not a terminal (CI, Docker)
     )
     for images, labels in bar:
         optimizer.zero_grad()

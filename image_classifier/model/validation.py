@@ -19,17 +19,23 @@ def evaluate(
     total_steps: int | None = None,
     after_step: Callable[[], None] | None = None,
     amp: bool = False,
+    sum_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress_bar: bool = True,
 ) -> dict:
     """Return {"test_accuracy": %, "class_accuracy": {class: % or None}} over all `batches`.
 
     Counts are accumulated per class with `bincount`, so a last batch smaller than the others (a test set
-    that the batch size does not divide) counts exactly like the rest.
+    that the batch size does not divide) counts exactly like the rest. Under torchrun each rank sees its
+    shard of the test set and `sum_counts` adds the counts of every rank.
     """
     model.eval()
     num_classes = len(classes)
     correct = torch.zeros(num_classes, dtype=torch.int64)
     seen = torch.zeros(num_classes, dtype=torch.int64)
-    for images, labels in tqdm(batches, total=total_steps, desc="evaluate", unit="batch", leave=False, disable=None):
+    bar = tqdm(
+        batches, total=total_steps, desc="evaluate", unit="batch", leave=False, disable=None if progress_bar else True
+    )
+    for images, labels in bar:
         with autocast(images.device, amp):
             predictions = model(images).argmax(dim=1)
         labels = labels.cpu()
@@ -37,6 +43,8 @@ def evaluate(
         correct += torch.bincount(labels[predictions.cpu() == labels], minlength=num_classes)
         if after_step is not None:
             after_step()
+    if sum_counts is not None:
+        correct, seen = sum_counts(torch.stack([correct, seen])).unbind()
     total_seen = int(seen.sum())
     if total_seen == 0:
         raise ValueError("evaluate() got no images")
