@@ -50,10 +50,10 @@ CHECKPOINT_FORMAT = 2
 # Other environment differences (CPU capability, platform, numpy...) are recorded and warned about.
 RESUME_MUST_MATCH = ("device", "versions.torch", "code.sha256")
 
-# Below this batch size one CPU thread trains faster than several. Measured on the README's 2-core machine
-# (shared, load 4-6): 2 threads were 3x to 30x slower than 1 at every batch from 4 to 512 (a thread that
-# waits for a descheduled partner at every kernel); unloaded, they gain at most ~1.5x at batch 512. Larger
-# batches use every core; `--num_threads` sets any count.
+# Below this batch size a new run trains on one CPU thread. On the README's 2-core machine (shared, load
+# 4-6) 2 threads were 3x to 30x slower than 1 at every batch from 4 to 512 (each kernel waits for a
+# descheduled partner thread); a quiet machine, not measured, may gain from more threads at large batches,
+# so from this size on every core is used. `--num_threads` sets any count.
 SINGLE_THREAD_BELOW_BATCH = 1024
 
 
