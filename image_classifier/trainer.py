@@ -382,11 +382,21 @@ def run_training(config: TrainConfig, db_password: Secret) -> Path:
     with runtime_for(config.device) as runtime:
         try:
             return _train(config, db_password, runtime)
-        except torch.distributed.DistError as exc:
+        except RuntimeError as exc:
+            if not (runtime.distributed and _lost_a_peer(exc)):
+                raise
+            first_line = str(exc).strip().splitlines()[0]
             raise DistributedRunError(
-                f"another process of this torchrun job failed ({type(exc).__name__}); the run stays unfinished "
-                f"in {RunDirectory(config.run_dir).work_dir}: run the same torchrun command with --resume"
-            ) from None
+                f"another process of this torchrun job failed ({first_line}); torchrun names it. The run stays "
+                f"unfinished in {RunDirectory(config.run_dir).work_dir}: run the same torchrun command with --resume"
+            ) from exc
+
+
+def _lost_a_peer(exc: RuntimeError) -> bool:
+    # A collective whose partner died raises DistError, or, from DDP's backward hooks, a plain RuntimeError
+    # carrying the transport's message ("[.../gloo/transport/tcp/pair.cc:545] Read error ... Connection reset
+    # by peer", or NCCL's).
+    return isinstance(exc, torch.distributed.DistError) or any(word in str(exc) for word in ("gloo", "NCCL"))
 
 
 def _train(config: TrainConfig, db_password: Secret, runtime: Runtime) -> Path:
