@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_threads",
         type=non_negative_int,
         default=0,
-        help="torch CPU threads; 0 picks them from the batch size: 1 below batch 1024, else all cores",
+        help="torch CPU threads; 0 picks them from the batch size: 1 below batch 128, else all cores",
     )
     speed.add_argument(
         "--channels_last",

@@ -50,11 +50,11 @@ CHECKPOINT_FORMAT = 2
 # Other environment differences (CPU capability, platform, numpy...) are recorded and warned about.
 RESUME_MUST_MATCH = ("device", "versions.torch", "code.sha256")
 
-# Below this batch size a new run trains on one CPU thread. On the README's 2-core machine (shared, load
-# 4-6) 2 threads were 3x to 30x slower than 1 at every batch from 4 to 512 (each kernel waits for a
-# descheduled partner thread); a quiet machine, not measured, may gain from more threads at large batches,
-# so from this size on every core is used. `--num_threads` sets any count.
-SINGLE_THREAD_BELOW_BATCH = 1024
+# Below this batch size a new run trains on one CPU thread, from it on every core. On the README's quiet
+# 2-core machine 2 threads trained 1.7-1.8x faster than 1 at batch 128 and 512, and 13 % slower at batch 4
+# (too little work per kernel to share). While other work loads the machine, 2 threads are 3x to 30x
+# slower at every batch size (each kernel waits for a descheduled partner): `--num_threads 1` there.
+SINGLE_THREAD_BELOW_BATCH = 128
 
 
 def torch_threads_for(config: TrainConfig) -> int:
