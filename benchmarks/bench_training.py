@@ -45,6 +45,7 @@ from image_classifier.data.synthetic import generate_dataset
 from image_classifier.model.model import Net
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
+from image_classifier.reproducibility import configure_determinism
 from image_classifier.trainer import memory_format, torch_threads_for
 
 TRAIN_BATCH_SIZES = (4, 32, 128, 512)
@@ -123,6 +124,7 @@ def package_train_images_per_second(data, batch_size: int) -> tuple[float, int, 
     threads = torch_threads_for(config)
     torch.set_num_threads(threads)
     device = torch.device("cpu")
+    configure_determinism(config.deterministic, device)  # as the trainer runs (the notebook's side turns it off)
     train = prepare_split(data.train, device, memory_format(config))  # what the trainer does once per run
     torch.manual_seed(0)
     model = Net(len(data.classes)).to(memory_format=memory_format(config))
@@ -136,6 +138,7 @@ def package_train_images_per_second(data, batch_size: int) -> tuple[float, int, 
 
 def notebook_train_images_per_second(folder: Path, batch_size: int, default_threads: int) -> float:
     torch.set_num_threads(default_threads)  # the notebook never sets it
+    torch.use_deterministic_algorithms(False)
     torch.manual_seed(0)
     model = Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
@@ -150,6 +153,7 @@ def package_eval_images_per_second(model: nn.Module, data, threads: int) -> tupl
     config = package_config(NOTEBOOK_BATCH_SIZE)
     torch.set_num_threads(threads)
     device = torch.device("cpu")
+    configure_determinism(config.deterministic, device)
     test = prepare_split(data.test, device, memory_format(config))
     started = time.perf_counter()
     metrics = evaluate(model, iterate_batches(test, config.eval_batch_size, device), data.classes)
@@ -160,6 +164,7 @@ def package_eval_images_per_second(model: nn.Module, data, threads: int) -> tupl
 
 def notebook_eval_images_per_second(folder: Path, default_threads: int) -> float:
     torch.set_num_threads(default_threads)
+    torch.use_deterministic_algorithms(False)
     torch.manual_seed(0)
     model = Net()
     loader = notebook_loader(folder, False, NOTEBOOK_BATCH_SIZE)
