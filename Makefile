@@ -16,7 +16,7 @@ DB_PASSWORD ?= local-mock-password
 export DB_PASSWORD
 
 .DEFAULT_GOAL := help
-.PHONY: help requirements lock lint format test test-fast data train demo example reproduce build docker-build docker-test clean
+.PHONY: help requirements lock lint format test test-fast data train demo example reproduce bench build docker-build docker-test clean
 
 ## Show this help
 help:
@@ -91,6 +91,10 @@ example: data
 ## Re-run a recorded run and check that it gives the same bytes (RUN_DIR=experiments/local_exp_test/run_1)
 reproduce: data
 	$(BIN)/image_classifier_reproduce $(or $(RUN_DIR),experiments/local_exp_test/run_1)
+
+## Measure training and evaluation speed against the notebook's pipeline (README "Performance"; BENCH_ARGS=--quick)
+bench: $(VENV)/.dev-installed
+	$(BIN)/python benchmarks/bench_training.py $(BENCH_ARGS)
 
 ## Build the wheel and the sdist into dist/
 build: $(VENV)/.dev-installed

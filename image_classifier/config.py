@@ -26,6 +26,10 @@ class TrainConfig:
     num_epochs: int = 2
     num_workers: int = 2
     batch_size: int = 4
+    eval_batch_size: int = 1000
+    num_threads: int = 0  # 0: chosen from the batch size (see trainer.torch_threads_for)
+    channels_last: bool = True
+    amp: bool = False
     pretrained_model: Path | None = None
     # --pretrained_model models:/NAME/VERSION or models:/NAME@ALIAS as given, and the version it resolved to
     # (tracking/pretrained.py then sets pretrained_model to that version's file).

@@ -20,6 +20,10 @@ class RunDirectoryError(UserError):
     """The run directory cannot be created, resumed or finished as asked."""
 
 
+class DistributedRunError(UserError):
+    """A process of a torchrun job failed or disagreed with the others; the run stays unfinished."""
+
+
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM stopped the run after a checkpoint was written; `--resume` continues it."""
 

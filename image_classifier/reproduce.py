@@ -122,15 +122,13 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
         dataset_folder=dataset_folder or origin / recorded.dataset_folder,
         pretrained_model=pretrained,
         device=manifest.get("device", recorded.device),  # the device it ran on, not "auto"
+        # CPU kernels split reductions by thread; the same count gives the same order of additions.
+        num_threads=manifest["determinism"]["torch_num_threads"],
         resume=False,
     )
     # Imported here so that --help and usage errors answer at once, without loading torch.
-    import torch
-
     from image_classifier.trainer import run_training
 
-    # CPU kernels split reductions by thread; the same count gives the same order of additions.
-    torch.set_num_threads(manifest["determinism"]["torch_num_threads"])
     new_dir = run_training(config, password)
 
     recorded_hash, new_hash = sha256_of(run_dir / MODEL_FILE), sha256_of(new_dir / MODEL_FILE)

@@ -169,7 +169,8 @@ class RunDirectory:
         import torch
 
         path = self.work_dir / MODEL_FILE
-        torch.save({name: tensor.detach().cpu() for name, tensor in state_dict.items()}, path)
+        # contiguous: the notebook's layout, whatever layout (channels-last) the run trained in
+        torch.save({name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}, path)
         _fsync_path(path)
         return sha256_of(path)
 

@@ -4,6 +4,10 @@ The run is checkpointed into its unfinished run directory at its start, after th
 epoch, after every evaluation, every `checkpoint_every` steps and when SIGINT or SIGTERM arrives. A
 checkpoint carries everything the rest of the run depends on (weights, optimiser, position in the epoch,
 the epoch's data order, every RNG state, the metrics so far), so `--resume` finishes with the same bytes.
+
+Under torchrun every rank runs this same code on its shard of the data (see `distributed.py`); rank 0
+alone touches the run directory. Checkpoints are taken at the same step on every rank (a collective), so
+there they are only taken on schedule: a signal ends a torchrun job, which resumes from the last one.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from image_classifier.config import TrainConfig
-from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches
+from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches, prepare_split
 from image_classifier.data.database import Secret, load_settings
-from image_classifier.errors import RunDirectoryError, TrainingInterrupted, UserError
+from image_classifier.distributed import Runtime, runtime_for, weights_digest
+from image_classifier.errors import DistributedRunError, RunDirectoryError, TrainingInterrupted
 from image_classifier.manifest import differences, last_environment
 from image_classifier.model.model import build_model, load_weights, read_state_dict
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
@@ -55,15 +61,39 @@ CHECKPOINT_FORMAT = 2
 # Other environment differences (CPU capability, platform, numpy...) are recorded and warned about.
 RESUME_MUST_MATCH = ("device", "versions.torch", "code.sha256")
 
+# Below this batch size a new run trains on one CPU thread, from it on every core. On the README's quiet
+# 2-core machine 2 threads trained 1.7-1.8x faster than 1 at batch 128 and 512, and 13 % slower at batch 4
+# (too little work per kernel to share). While other work loads the machine, 2 threads are 3x to 30x
+# slower at every batch size (each kernel waits for a descheduled partner): `--num_threads 1` there.
+SINGLE_THREAD_BELOW_BATCH = 128
+
+
+def torch_threads_for(config: TrainConfig) -> int:
+    """The CPU thread count a new run uses: --num_threads, or one chosen from the batch size."""
+    if config.num_threads:
+        return config.num_threads
+    return 1 if config.batch_size < SINGLE_THREAD_BELOW_BATCH else torch.get_num_threads()
+
+
+def memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
 
 class StopSignals:
-    """Turn the first SIGINT/SIGTERM into a request honoured between steps, so no checkpoint is torn."""
+    """Turn the first SIGINT/SIGTERM into a request honoured between steps, so no checkpoint is torn.
 
-    def __init__(self) -> None:
+    Not under torchrun (`enabled=False`): ranks stopping at different steps would wait for each other
+    forever; there the signal ends the process and `--resume` continues from the last checkpoint.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
         self.received: int | None = None
         self._previous: dict = {}
+        self._enabled = enabled
 
     def __enter__(self) -> StopSignals:
+        if not self._enabled:
+            return self
         try:
             self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:  # not the main thread (e.g. some notebook front-ends): keep the default handlers
@@ -91,27 +121,17 @@ class RunState:
     history: list[dict] = dataclasses.field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:<index>") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} was asked for, but PyTorch sees no CUDA device here")
-    return device
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def epoch_record(progress: EpochProgress, metrics: dict, train_seconds: float, train_images: int) -> dict:
+def epoch_record(
+    progress: EpochProgress, mean_loss: float, metrics: dict, train_seconds: float, train_images: int
+) -> dict:
     """One entry of metrics.json's history: the epoch's losses, accuracies, time and training throughput."""
     return {
         "epoch": progress.epoch,
-        "train_loss": progress.mean_loss,
+        "train_loss": mean_loss,
         "test_loss": metrics["test_loss"],
         "test_accuracy": metrics["test_accuracy"],
         "class_accuracy": metrics["class_accuracy"],
@@ -131,17 +151,26 @@ class TrainingSession:
 
     config: TrainConfig
     data: Cifar10Data
-    device: torch.device
-    model: torch.nn.Module
+    runtime: Runtime
+    model: torch.nn.Module  # the model itself: what checkpoints hold and evaluation runs
+    trained: torch.nn.Module  # what training steps call: the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator  # the data order's own generator
     run_dir: RunDirectory
     on_epoch: Callable[[dict], None] = _ignore_epoch  # told each epoch's history entry (tracking)
 
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
     def save_checkpoint(self, state: RunState) -> None:
-        self.run_dir.save_checkpoint(self.checkpoint(state))
+        checkpoint = self.checkpoint(state)  # a collective under torchrun: every rank gets here
+        if self.runtime.is_main_process():
+            self.run_dir.save_checkpoint(checkpoint)
 
     def checkpoint(self, state: RunState) -> dict:
+        # Every rank's own loss sums: each rank resumes its part of the epoch's mean loss exactly.
+        rank_losses = self.runtime.gather([state.progress.loss_sum, state.progress.window_loss_sum])
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.result_fields(),
@@ -154,6 +183,8 @@ class TrainingSession:
             "history": state.history,
             "rng": {**capture_rng_state(), "shuffle": self.shuffle.get_state()},
             "torch_num_threads": torch.get_num_threads(),
+            "world_size": self.runtime.world_size,
+            "rank_losses": rank_losses,
         }
 
     def restore(self, checkpoint: dict) -> RunState:
@@ -162,6 +193,8 @@ class TrainingSession:
         restore_rng_state(checkpoint["rng"])
         self.shuffle.set_state(checkpoint["rng"]["shuffle"])
         progress = EpochProgress(**checkpoint["progress"])
+        if "rank_losses" in checkpoint:
+            progress.loss_sum, progress.window_loss_sum = checkpoint["rank_losses"][self.runtime.rank]
         return RunState(
             progress=progress,
             manifest=checkpoint["manifest"],
@@ -170,15 +203,33 @@ class TrainingSession:
         )
 
     def evaluate_test_set(self, stop: StopSignals) -> dict:
-        config, data = self.config, self.data
-        test_batches = iterate_batches(data.test, config.batch_size, self.device)
-        steps = num_batches(len(data.test), config.batch_size)
-        return evaluate(self.model, test_batches, data.classes, steps, after_step=lambda: self._stop_if_asked(stop))
+        config, data, runtime = self.config, self.data, self.runtime
+        shard = runtime.test_shard(len(data.test))
+        test_batches = iterate_batches(data.test, config.eval_batch_size, self.device, shard)
+        steps = num_batches(len(data.test) if shard is None else len(shard), config.eval_batch_size)
+        return evaluate(
+            self.model,
+            test_batches,
+            data.classes,
+            steps,
+            after_step=lambda: self._stop_if_asked(stop),
+            amp=config.amp,
+            sum_counts=runtime.sum_over_ranks,
+            progress_bar=runtime.is_main_process(),
+        )
+
+    def mean_loss(self, progress: EpochProgress) -> float:
+        """The epoch's mean training loss over every rank's steps (each rank's own with one process)."""
+        if not self.runtime.distributed:
+            return progress.mean_loss
+        totals = torch.tensor([progress.loss_sum, float(progress.step)], dtype=torch.float64)
+        loss_sum, steps = self.runtime.sum_over_ranks(totals).tolist()
+        return loss_sum / steps if steps else float("nan")
 
     def train_remaining_epochs(self, state: RunState, stop: StopSignals) -> dict:
         """Run the epochs left from `state`; return the last evaluation's metrics."""
-        config, data = self.config, self.data
-        train_steps = num_batches(len(data.train), config.batch_size)
+        config, data, runtime = self.config, self.data, self.runtime
+        train_steps = num_batches(len(runtime.shard(torch.arange(len(data.train)))), config.batch_size)
         metrics = None
         while state.progress.epoch <= config.num_epochs:
             progress = state.progress
@@ -194,27 +245,38 @@ class TrainingSession:
                         self.save_checkpoint(state)
                     self._stop_if_asked(stop)
 
-                batches = iterate_batches(data.train, config.batch_size, self.device, state.order, progress.step)
-                train_one_epoch(self.model, batches, self.optimizer, progress, train_steps, after_step)
+                shard = runtime.shard(state.order)
+                batches = iterate_batches(data.train, config.batch_size, self.device, shard, progress.step)
+                train_one_epoch(
+                    self.trained,
+                    batches,
+                    self.optimizer,
+                    progress,
+                    train_steps,
+                    after_step,
+                    amp=config.amp,
+                    progress_bar=runtime.is_main_process(),
+                )
                 self.save_checkpoint(state)  # a kill during evaluation resumes here, not at the epoch's start
             train_seconds = progress.seconds  # before evaluation: the throughput counts training only
             metrics = self.evaluate_test_set(stop)
             progress.seconds = seconds_before + time.monotonic() - started
-            entry = epoch_record(progress, metrics, train_seconds, len(data.train))
+            mean_loss = self.mean_loss(progress)
+            entry = epoch_record(progress, mean_loss, metrics, train_seconds, len(data.train))
             state.history.append(entry)
             logger.info(
                 "epoch %d/%d: train loss %.3f, test accuracy %.2f %%",
                 progress.epoch,
                 config.num_epochs,
-                progress.mean_loss,
+                mean_loss,
                 metrics["test_accuracy"],
             )
-            if not math.isfinite(progress.mean_loss) and not state.manifest["diverged"]:
+            if not math.isfinite(mean_loss) and not state.manifest["diverged"]:
                 state.manifest["diverged"] = True
                 logger.warning(
                     "training diverged: the mean training loss of epoch %d is %s; lower --learning_rate",
                     progress.epoch,
-                    progress.mean_loss,
+                    mean_loss,
                 )
             state.progress, state.order = EpochProgress(epoch=progress.epoch + 1), None
             self.save_checkpoint(state)
@@ -238,6 +300,16 @@ def _check_resume_arguments(checkpoint: dict, config: TrainConfig) -> None:
     if differing:
         details = ", ".join(f"{key}: {recorded.get(key)!r} then, {given.get(key)!r} now" for key in differing)
         raise RunDirectoryError(f"--resume needs the interrupted run's arguments; these differ: {details}")
+
+
+def _check_resume_world_size(checkpoint: dict, runtime: Runtime) -> None:
+    started_with = checkpoint.get("world_size", 1)  # checkpoints from before torchrun support: one process
+    if started_with != runtime.world_size:
+        raise RunDirectoryError(
+            f"the run was started by {started_with} process(es) and is resumed by {runtime.world_size}: each "
+            f"process trains its own shard, so resume with the same number (torchrun --nproc_per_node "
+            f"{started_with} across all nodes, or no torchrun for 1)"
+        )
 
 
 def run_environment(device: torch.device) -> dict:
@@ -295,8 +367,11 @@ def _start(session: TrainingSession, pretrained: dict | None, environment: dict,
         load_weights(session.model, pretrained, config.pretrained_model)
         logger.info("loaded pretrained weights from %s", config.pretrained_model)
     manifest = _new_manifest(config, environment, determinism, session.data, _pretrained_record(config))
+    manifest["world_size"] = session.runtime.world_size
     state = RunState(progress=EpochProgress(epoch=1), manifest=manifest)
-    session.run_dir.create(session.checkpoint(state), manifest)
+    checkpoint = session.checkpoint(state)
+    if session.runtime.is_main_process():
+        session.run_dir.create(checkpoint, manifest)
     return state
 
 
@@ -319,22 +394,64 @@ def _save_figures(run_dir: RunDirectory, config: TrainConfig, metrics: dict, his
     run_dir.save_figure(CONFUSION_MATRIX_FILE, confusion)
 
 
+def _open_checkpoint(config: TrainConfig, run_dir: RunDirectory, runtime: Runtime) -> dict | None:
+    """The checkpoint to resume from (None for a new run), on every rank; rank 0 checks it and the run."""
+    if runtime.is_main_process():
+        if config.resume:
+            checkpoint = run_dir.open_for_resume()  # locks the unfinished run for this process
+            _check_resume_arguments(checkpoint, config)
+            _check_resume_world_size(checkpoint, runtime)
+        else:
+            run_dir.check_can_start()  # before any work: a refused run touches nothing
+            checkpoint = None
+    else:
+        checkpoint = None
+    return runtime.broadcast_from_main(checkpoint) if config.resume else checkpoint
+
+
+def _check_same_weights(session: TrainingSession) -> None:
+    """Under torchrun: every rank must end with bit-identical weights (DDP keeps them so; this proves it)."""
+    if not session.runtime.distributed:
+        return
+    digests = session.runtime.gather(weights_digest(session.model))
+    if len(set(digests)) != 1:
+        raise DistributedRunError(f"the processes ended with different weights (sha256 by rank: {digests})")
+    logger.info("weights identical on all %d processes (sha256 %s)", len(digests), digests[0])
+
+
 def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | None = None) -> Path:
-    """Train, validate and record one run; return the final run directory.
+    """Train, validate and record one run; return the final run directory (under torchrun: on every rank).
 
     With `tracking_uri`, the run is also logged to that MLflow server; the server can never stop the run.
     """
     config = resolve_pretrained_model(config, tracking_uri)  # models:/... names a file, checked by sha256
+    with runtime_for(config.device) as runtime:
+        try:
+            return _train(config, db_password, runtime, tracking_uri)
+        except RuntimeError as exc:
+            if not (runtime.distributed and _lost_a_peer(exc)):
+                raise
+            first_line = str(exc).strip().splitlines()[0]
+            raise DistributedRunError(
+                f"another process of this torchrun job failed ({first_line}); torchrun names it. The run stays "
+                f"unfinished in {RunDirectory(config.run_dir).work_dir}: run the same torchrun command with --resume"
+            ) from exc
+
+
+def _lost_a_peer(exc: RuntimeError) -> bool:
+    # A collective whose partner died raises DistError, or, from DDP's backward hooks, a plain RuntimeError
+    # carrying the transport's message ("[.../gloo/transport/tcp/pair.cc:545] Read error ... Connection reset
+    # by peer", or NCCL's).
+    return isinstance(exc, torch.distributed.DistError) or any(word in str(exc) for word in ("gloo", "NCCL"))
+
+
+def _train(config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_uri: str | None) -> Path:
     run_dir = RunDirectory(config.run_dir)
-    if config.resume:
-        checkpoint = run_dir.open_for_resume()  # locks the unfinished run for this process
-        _check_resume_arguments(checkpoint, config)
-        # CPU kernels split their sums by thread: finish with the thread count the run started with.
-        torch.set_num_threads(checkpoint["torch_num_threads"])
-    else:
-        run_dir.check_can_start()  # before any work: a refused run touches nothing
-        checkpoint = None
-    device = resolve_device(config.device)
+    main_process = runtime.is_main_process()
+    checkpoint = _open_checkpoint(config, run_dir, runtime)
+    # CPU kernels split their sums by thread: a resumed run finishes with the count it started with.
+    torch.set_num_threads(checkpoint["torch_num_threads"] if checkpoint else torch_threads_for(config))
+    device = runtime.device
     environment = run_environment(device)
     pretrained = None
     if checkpoint is None and config.pretrained_model is not None:
@@ -344,34 +461,55 @@ def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | N
     if checkpoint is not None and checkpoint["dataset_sha256"] != data.file_sha256:
         raise RunDirectoryError(f"the dataset in {config.dataset_folder} changed since the interrupted run")
 
+    data = dataclasses.replace(
+        data,
+        train=prepare_split(data.train, device, memory_format(config)),
+        test=prepare_split(data.test, device, memory_format(config)),
+    )
+
     determinism = configure_determinism(config.deterministic, device)
     seed_everything(config.seed)
-    model = build_model(len(data.classes), device)
+    model = build_model(len(data.classes), device).to(memory_format=memory_format(config))
+    trained = DistributedDataParallel(model) if runtime.distributed else model
     optimizer = build_optimizer(model, config.learning_rate, config.momentum)
     shuffle = torch.Generator().manual_seed(config.seed)
-    session = TrainingSession(config, data, device, model, optimizer, shuffle, run_dir)
+    session = TrainingSession(config, data, runtime, model, trained, optimizer, shuffle, run_dir)
     if checkpoint is None:
         state = _start(session, pretrained, environment, determinism)
     else:
         state = _resume(session, checkpoint, environment)
     manifest = state.manifest
     manifest["status"] = "running"
-    run_logger = open_run_logger(tracking_uri, config.experiment_name, config.run_name, manifest)
+    # One process talks to the tracking server: the one that writes the run.
+    run_logger = open_run_logger(
+        tracking_uri if main_process else None, config.experiment_name, config.run_name, manifest
+    )
     _record_tracking(manifest, run_logger)
     session.on_epoch = run_logger.log_epoch
-    run_dir.write_json(RUN_FILE, manifest)
+    if main_process:
+        run_dir.write_json(RUN_FILE, manifest)
 
-    logger.info("training on %s for %d epoch(s); run directory %s", device, config.num_epochs, run_dir.work_dir)
-    with StopSignals() as stop:
+    logger.info(
+        "training on %s for %d epoch(s)%s; run directory %s",
+        device,
+        config.num_epochs,
+        f", {runtime.world_size} processes" if runtime.distributed else "",
+        run_dir.work_dir,
+    )
+    with StopSignals(enabled=not runtime.distributed) as stop:
         try:
             metrics = session.train_remaining_epochs(state, stop)
+            _check_same_weights(session)
         except BaseException as exc:
-            interrupted = isinstance(exc, (TrainingInterrupted, KeyboardInterrupt))
-            manifest["status"] = "interrupted" if interrupted else "failed"
-            run_logger.end("KILLED" if interrupted else "FAILED")
-            _record_tracking(manifest, run_logger)
-            run_dir.write_json(RUN_FILE, manifest)
+            if main_process:
+                interrupted = isinstance(exc, (TrainingInterrupted, KeyboardInterrupt))
+                manifest["status"] = "interrupted" if interrupted else "failed"
+                run_logger.end("KILLED" if interrupted else "FAILED")
+                _record_tracking(manifest, run_logger)
+                run_dir.write_json(RUN_FILE, manifest)
             raise
+    if not main_process:
+        return run_dir.final_dir
 
     manifest["model_sha256"] = run_dir.save_model(model.state_dict())
     run_dir.write_json(METRICS_FILE, {**metrics, "history": state.history})

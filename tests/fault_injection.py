@@ -8,6 +8,8 @@
 
 The signal is real (os.kill on itself): SIGKILL ends the process on the spot, SIGTERM and SIGINT go
 through the trainer's handlers. Only this test helper patches the trainer; the package has no test hooks.
+Under torchrun (`python -m torch.distributed.run ... tests/fault_injection.py ...`), FAULT_RANK=<r> in the
+environment limits the fault to that rank.
 """
 
 import os
@@ -19,6 +21,8 @@ from image_classifier.main import main
 
 
 def inject(signal_name: str, point: str) -> None:
+    if os.environ.get("FAULT_RANK", os.environ.get("RANK")) != os.environ.get("RANK"):
+        return  # another rank of the torchrun job is the one to fail
     sig = getattr(signal, f"SIG{signal_name}")
     kind, *numbers = point.split(":")
     where = tuple(int(n) for n in numbers) if kind != "written" else ()
@@ -26,19 +30,19 @@ def inject(signal_name: str, point: str) -> None:
     if kind == "train":
         train_one_epoch = trainer.train_one_epoch
 
-        def patched_train(model, batches, optimizer, progress, total_steps, after_step=None):
+        def patched_train(model, batches, optimizer, progress, total_steps, after_step=None, **options):
             def hooked(progress):
                 if (progress.epoch, progress.step) == where:
                     os.kill(os.getpid(), sig)
                 after_step(progress)
 
-            return train_one_epoch(model, batches, optimizer, progress, total_steps, hooked)
+            return train_one_epoch(model, batches, optimizer, progress, total_steps, hooked, **options)
 
         trainer.train_one_epoch = patched_train
     elif kind == "evaluate":
         evaluate, calls = trainer.evaluate, []
 
-        def patched_evaluate(model, batches, classes, total_steps=None, after_step=None):
+        def patched_evaluate(model, batches, classes, total_steps=None, after_step=None, **options):
             calls.append(1)
             fired = []
 
@@ -48,7 +52,7 @@ def inject(signal_name: str, point: str) -> None:
                     os.kill(os.getpid(), sig)
                 after_step()
 
-            return evaluate(model, batches, classes, total_steps, hooked)
+            return evaluate(model, batches, classes, total_steps, hooked, **options)
 
         trainer.evaluate = patched_evaluate
     elif kind == "saved":

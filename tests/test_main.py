@@ -258,3 +258,24 @@ def test_bad_pretrained_model_is_one_line_error_and_leaves_nothing(dataset, tmp_
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
     assert not (tmp_path / "e").exists() or list((tmp_path / "e").iterdir()) == []
+
+
+def test_speed_options_run_and_are_recorded(dataset, tmp_path):
+    """--amp (bf16 autocast, correct on the CPU too), contiguous layout, own eval batch size, thread count."""
+    speed = ["--amp", "--no-channels_last", "--eval_batch_size", "7", "--num_threads", "1", "--num_epochs", "1"]
+    code = main([*trainer_args(dataset, tmp_path, "r"), *speed, "--db_pass", PASSWORD])
+    assert code == 0
+    run_dir = tmp_path / "e" / "r"
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["arguments"]["amp"] is True and manifest["arguments"]["channels_last"] is False
+    assert manifest["arguments"]["eval_batch_size"] == 7 and manifest["determinism"]["torch_num_threads"] == 1
+    state_dict = torch.load(run_dir / "model.pth", weights_only=True)
+    assert all(tensor.is_contiguous() for tensor in state_dict.values())
+    Net().load_state_dict(state_dict)
+
+
+def test_a_channels_last_run_saves_the_notebook_layout(dataset, tmp_path):
+    code = main([*trainer_args(dataset, tmp_path, "r", "--num_epochs", "1"), "--db_pass", PASSWORD])
+    assert code == 0
+    state_dict = torch.load(tmp_path / "e" / "r" / "model.pth", weights_only=True)
+    assert all(tensor.is_contiguous() for tensor in state_dict.values())

@@ -69,8 +69,9 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_bytes(dataset, tmp
     assert not (tmp_path / "e" / "crashed").exists()
     assert (tmp_path / "e" / "crashed.incomplete" / "checkpoint.pt").is_file()
 
-    # Resumed with another thread count (as on another machine): the run's own count is restored.
-    resumed = run_trainer(*args, "--resume", env={"OMP_NUM_THREADS": "1"})
+    # Resumed with another thread count (as on another machine; the run chose 1 for batch 4): the run's own
+    # count is restored.
+    resumed = run_trainer(*args, "--resume", env={"OMP_NUM_THREADS": "3"})
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(tmp_path / "e" / "crashed", reference)
     manifest = json.loads((tmp_path / "e" / "crashed" / "run.json").read_text())

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from image_classifier.model.training import autocast
+
 
 @torch.inference_mode()
 def evaluate(
@@ -18,6 +20,9 @@ def evaluate(
     classes: Sequence[str],
     total_steps: int | None = None,
     after_step: Callable[[], None] | None = None,
+    amp: bool = False,
+    sum_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress_bar: bool = True,
 ) -> dict:
     """Return, over all `batches`:
 
@@ -26,20 +31,27 @@ def evaluate(
 
     Counts are accumulated per class with `bincount`, and the loss as a sum per image, so a last batch
     smaller than the others (a test set that the batch size does not divide) counts exactly like the rest.
+    Under torchrun each rank sees its shard of the test set and `sum_counts` adds up every rank's sums.
     """
     model.eval()
     num_classes = len(classes)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
-    loss_sum = 0.0
-    for images, labels in tqdm(batches, total=total_steps, desc="evaluate", unit="batch", leave=False, disable=None):
-        logits = model(images)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    bar = tqdm(
+        batches, total=total_steps, desc="evaluate", unit="batch", leave=False, disable=None if progress_bar else True
+    )
+    for images, labels in bar:
+        with autocast(images.device, amp):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").cpu().double()
         predictions = logits.argmax(dim=1).cpu()
         labels = labels.cpu()
         # One bincount over (true, predicted) pairs gives the whole matrix, flattened row by row.
         confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
         if after_step is not None:
             after_step()
+    if sum_counts is not None:
+        confusion, loss_sum = sum_counts(confusion), sum_counts(loss_sum)
     confusion = confusion.view(num_classes, num_classes)
     seen, correct = confusion.sum(dim=1), confusion.diagonal()
     total_seen = int(seen.sum())
@@ -53,6 +65,6 @@ def evaluate(
     return {
         "test_accuracy": 100.0 * int(correct.sum()) / total_seen,
         "class_accuracy": class_accuracy,
-        "test_loss": loss_sum / total_seen,
+        "test_loss": float(loss_sum) / total_seen,
         "confusion_matrix": confusion.tolist(),
     }

@@ -18,6 +18,7 @@ from image_classifier.data.data import (
     load_classes,
     load_dataset,
     num_batches,
+    prepare_split,
     preprocess,
     safe_unpickle,
 )
@@ -253,3 +254,15 @@ def test_iterate_batches_covers_every_image_once_with_a_smaller_last_batch():
     assert torch.equal(torch.cat([labels for _, labels in batches]), order)
     resumed = list(iterate_batches(split, 4, torch.device("cpu"), order, start_batch=2))
     assert torch.equal(resumed[0][1], batches[2][1])
+
+
+def test_a_prepared_split_gives_the_per_batch_values_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    split = ImageSplit(images=images, labels=torch.arange(10))
+    prepared = prepare_split(split, torch.device("cpu"), torch.channels_last)
+    order = torch.randperm(10, generator=generator)
+    for (raw, raw_labels), (ready, ready_labels) in zip(
+        iterate_batches(split, 3, torch.device("cpu"), order), iterate_batches(prepared, 3, torch.device("cpu"), order)
+    ):
+        assert torch.equal(raw, ready) and torch.equal(raw_labels, ready_labels)

@@ -66,3 +66,25 @@ def test_confusion_matrix_and_test_loss_are_right_for_every_batch_size(batch_siz
     assert metrics["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
     diagonal = sum(expected[i][i] for i in range(3))
     assert metrics["test_accuracy"] == pytest.approx(100 * diagonal / 97)
+
+
+def test_the_eval_batch_size_does_not_change_the_counts(dataset):
+    """A trained model evaluated at batch 4 (the training batch size) and at 1000 counts the same images right."""
+    from image_classifier.data.data import load_dataset, prepare_split
+    from image_classifier.model.model import Net
+    from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
+
+    data = load_dataset(dataset)
+    train, test = (prepare_split(split, torch.device("cpu"), torch.channels_last) for split in (data.train, data.test))
+    torch.manual_seed(0)
+    model = Net().to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, 0.01, 0.9)
+    train_one_epoch(model, iterate_batches(train, 4, torch.device("cpu")), optimizer, EpochProgress(epoch=1), 75)
+
+    at_4, at_1000 = (
+        evaluate(model, iterate_batches(test, size, torch.device("cpu")), data.classes) for size in (4, 1000)
+    )
+    for key in ("test_accuracy", "class_accuracy", "confusion_matrix"):
+        assert at_4[key] == at_1000[key]
+    assert at_4["test_loss"] == pytest.approx(at_1000["test_loss"], rel=1e-5)  # float sums in another order
+    assert 0 < at_4["test_accuracy"] < 100  # a model that classifies some, not all: the counts are informative

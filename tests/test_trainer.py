@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from image_classifier.config import TrainConfig
+from image_classifier.distributed import Runtime
+from image_classifier.trainer import SINGLE_THREAD_BELOW_BATCH, torch_threads_for
+
+
+def config(**values) -> TrainConfig:
+    return TrainConfig("e", "r", Path("experiments"), Path("data"), **values)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, SINGLE_THREAD_BELOW_BATCH - 1])
+def test_small_batches_train_on_one_thread(batch_size):
+    assert torch_threads_for(config(batch_size=batch_size)) == 1
+
+
+def test_large_batches_use_every_thread_and_an_explicit_count_wins():
+    assert torch_threads_for(config(batch_size=SINGLE_THREAD_BELOW_BATCH)) == torch.get_num_threads()
+    assert torch_threads_for(config(batch_size=4, num_threads=3)) == 3
+
+
+@pytest.mark.parametrize("size, world_size", [(300, 2), (301, 2), (10, 3), (7, 1)])
+def test_ranks_take_disjoint_shards_of_one_permutation_like_one_process_at_the_global_batch(size, world_size):
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(0))
+    shards = [Runtime(torch.device("cpu"), rank, world_size).shard(order) for rank in range(world_size)]
+    assert len({len(shard) for shard in shards}) == 1  # every rank takes as many steps
+    padded = torch.cat([order, order[: (-size) % world_size]])
+    assert sorted(torch.cat(shards).tolist()) == sorted(padded.tolist())
+    batch = 4  # step k of all ranks together = items N*B*k ... N*B*(k+1)-1 of the permutation
+    first_step = torch.cat([shard[:batch] for shard in shards])
+    assert sorted(first_step.tolist()) == sorted(padded[: world_size * batch].tolist())
+
+
+def test_test_shards_cover_every_image_once():
+    shards = [Runtime(torch.device("cpu"), rank, 3).test_shard(97) for rank in range(3)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(97))
+    assert Runtime(torch.device("cpu")).test_shard(97) is None
