@@ -84,8 +84,9 @@ def _describe_unknown(tokens: Sequence[str], known: dict[str, argparse.Action]) 
         else:
             hidden += 1
             after_unknown = False
-    described = ", ".join(names) if names else "arguments"
-    return described + (f" and {hidden} value(s), not shown" if hidden else "")
+    if not names:
+        return f"{hidden} argument(s), not shown"
+    return ", ".join(names) + (f" and {hidden} value(s), not shown" if hidden else "")
 
 
 class ArgumentParser(argparse.ArgumentParser):

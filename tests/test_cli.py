@@ -44,6 +44,15 @@ def test_no_usage_error_echoes_what_follows_an_unknown_option(entry_point, missp
     assert "error:" in captured.err
 
 
+def test_a_stray_value_is_not_echoed_either(capsys, monkeypatch):
+    monkeypatch.setenv("DB_PASSWORD", "x")
+    with pytest.raises(SystemExit) as exit_info:
+        _main_of(ENTRY_POINTS["image_classifier_trainer"])(["--experiment_name", "e", "--run_name", "r", SECRET])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and SECRET not in captured.err + captured.out
+    assert "unrecognized arguments: 1 argument(s), not shown" in captured.err
+
+
 def test_the_error_names_the_unknown_option_and_suggests_the_known_one(capsys):
     with pytest.raises(SystemExit):
         _main_of(ENTRY_POINTS["image_classifier_trainer"])(["--db_password", SECRET])
