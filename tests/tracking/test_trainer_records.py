@@ -52,10 +52,10 @@ def test_the_figures_exist_are_readable_sizes_and_differ_when_results_differ(tra
 
 
 def test_older_runs_read_everywhere(trained_experiments, capsys):
-    """The committed example run was made before test_loss, confusion matrices and curves existed."""
+    """The example run as version 1.0.0 made it, before test_loss, confusion matrices and curves existed."""
     from image_classifier.tracking.runs import main
 
-    example = REPO_ROOT / "experiments"
+    example = REPO_ROOT / "tests" / "fixtures" / "older_experiments"
     assert main(["list", "--experiments_folder", str(example), "--format", "json"]) == 0
     (row,) = [r for r in json.loads(capsys.readouterr().out) if r["run"] == "run_1"]
     assert (row["status"], row["test_accuracy"], row["epochs"]) == ("completed", 94.0, 2)
