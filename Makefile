@@ -80,7 +80,7 @@ train: $(VENV)/.prod-installed
 ## Quick start: set up, generate the sample dataset, train a short run on it, print where the outputs are
 demo: data
 	$(MAKE) --no-print-directory train DATASET=$(SAMPLE_DATASET) EXPERIMENT=demo RUN=$(RUN)
-	@echo "Outputs: $(EXPERIMENTS)/demo/$(RUN)/ (model.pth, metrics.png, metrics.json, run.json)"
+	@echo "Outputs: $(EXPERIMENTS)/demo/$(RUN)/ (model.pth, metrics.json, run.json, metrics.png, curves.png, confusion_matrix.png)"
 
 ## Regenerate the committed example run experiments/local_exp_test/run_1 from the sample dataset
 example: data
