@@ -12,6 +12,14 @@ class DatasetError(UserError):
     """The dataset folder is missing, incomplete or holds files that are not CIFAR-10 batches."""
 
 
+class ImageError(UserError):
+    """Bytes that cannot be turned into the model's input; `status` is the HTTP status a service answers."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class PretrainedModelError(UserError):
     """The pretrained model file is missing or does not hold weights for `Net`."""
 

@@ -28,11 +28,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from image_classifier import __version__
-from image_classifier.errors import UserError
+from image_classifier.errors import ImageError, UserError
+from image_classifier.images import convert_image, open_image
 from image_classifier.serving import registry_client
 from image_classifier.serving.batching import BatcherStopped, MicroBatcher
-from image_classifier.serving.errors import ImageError
-from image_classifier.serving.images import convert_image, open_image
 from image_classifier.serving.model_source import ServedModel, load_model, top_k
 from image_classifier.serving.settings import ServeSettings
 

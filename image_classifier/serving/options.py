@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from image_classifier.serving.images import DEFAULT_MAX_PIXELS
+from image_classifier.images import DEFAULT_MAX_PIXELS
 from image_classifier.serving.model_request import ModelRequest
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"

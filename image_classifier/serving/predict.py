@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from image_classifier import __version__
 from image_classifier.cli import ArgumentParser, add_verbose_option, configure_logging, exit_code_of, positive_int
-from image_classifier.serving.images import FILE_SUFFIXES
+from image_classifier.images import FILE_SUFFIXES
 from image_classifier.serving.options import add_image_options, add_model_options, model_request_from
 from image_classifier.serving.settings import OUTPUT_FORMATS, PredictSettings
 
@@ -96,8 +96,8 @@ def classify(settings: PredictSettings, out: TextIO) -> int:
     import numpy as np
     import torch
 
-    from image_classifier.serving.errors import ImageError
-    from image_classifier.serving.images import decode_image
+    from image_classifier.errors import ImageError
+    from image_classifier.images import decode_image
     from image_classifier.serving.model_source import load_model, top_k
 
     if settings.torch_threads is not None:

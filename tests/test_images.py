@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_classifier.serving.errors import ImageError
-from image_classifier.serving.images import decode_image
+from image_classifier.errors import ImageError
+from image_classifier.images import decode_image
 from tests.serving.conftest import png_declaring
 
 RNG = np.random.default_rng(0)

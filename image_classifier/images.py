@@ -21,7 +21,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from image_classifier.serving.errors import ImageError
+from image_classifier.errors import ImageError
 
 SIZE = (32, 32)
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
