@@ -74,7 +74,7 @@ class MicroBatcher:
                 await asyncio.wait_for(self._queue.join(), timeout)
             except asyncio.TimeoutError:
                 logger.warning("stopping with %d requests unanswered: the timeout ran out", self._queue.qsize())
-        if self._worker is not None:
+        if self._worker is not None and not self._worker.done():  # a dead one told _worker_ended why
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
