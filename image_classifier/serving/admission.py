@@ -109,6 +109,9 @@ class Admission:
         self._tickets.add(ticket)
         try:
             yield ticket
+        except ClientGone:
+            self._count("disconnected")
+            raise
         except asyncio.CancelledError:
             if ticket.reason is None:
                 raise  # not ours: the server itself cancels the request

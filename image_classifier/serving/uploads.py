@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from image_classifier.errors import ImageError
 from image_classifier.images import convert_image, declared_pixels, open_image
-from image_classifier.serving.admission import Ticket
+from image_classifier.serving.admission import ClientGone, Ticket
 
 # Raw bodies are accepted with these types; the bytes decide the format (PNG, JPEG, ...), not the header.
 RAW_IMAGE_TYPES = frozenset(
@@ -119,8 +119,11 @@ async def read_images(
 async def _receive_body(request: Request) -> bytearray:
     """The whole body; the UploadLimit middleware stops it at --max_upload_bytes."""
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    try:
+        async for chunk in request.stream():
+            body += chunk
+    except ClientDisconnect:
+        raise ClientGone("the client disconnected while sending its request") from None
     return body
 
 
