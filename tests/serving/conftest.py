@@ -168,15 +168,18 @@ def stop(server: Server) -> int:
 
 
 @contextlib.contextmanager
-def running_server(log_dir: Path, *args: str, env: dict | None = None, cwd: Path | None = None):
-    """`image_classifier_serve ARGS --port <free>` as a real process; stopped (SIGTERM) even when the test fails."""
+def running_server(
+    log_dir: Path, *args: str, env: dict | None = None, cwd: Path | None = None, program: list[str] | None = None
+):
+    """`image_classifier_serve ARGS --port <free>` (or `program ARGS ...`) as a real process; stopped (SIGTERM)
+    even when the test fails."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if k not in ("SERVE_TOKEN", "MLFLOW_TRACKING_URI")}
     environment.update(env or {})
     log_path = log_dir / f"serve-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [command("image_classifier_serve"), *args, "--host", "127.0.0.1", "--port", str(port)],
+            [*(program or [command("image_classifier_serve")]), *args, "--host", "127.0.0.1", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=environment,
