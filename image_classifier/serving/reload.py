@@ -28,6 +28,9 @@ async def reload_model(state: ServiceState, reason: str) -> None:
     """Re-resolve the model; swap in a new version once it has loaded and passed its checks."""
     async with state.reload_lock:
         current = state.model
+        # Periodic checks would fill the log: only a signal's reload is shown (-v shows them all).
+        log = logger.info if "SIGHUP" in reason else logger.debug
+        log("reload (%s): resolving %s", reason, state.settings.model.model)
         try:
             loop = asyncio.get_running_loop()
             candidate = await loop.run_in_executor(state.loader, load_model, state.settings.model)
@@ -44,8 +47,6 @@ async def reload_model(state: ServiceState, reason: str) -> None:
             and candidate.info.registry_version == current.info.registry_version
         ):
             state.metrics.reloads.labels("unchanged").inc()
-            # Periodic checks that find nothing new would fill the log: only a signal's answer is shown.
-            log = logger.info if "SIGHUP" in reason else logger.debug
             log(
                 "reload (%s): %s is still version %s", reason, state.settings.model.model, current.info.registry_version
             )
