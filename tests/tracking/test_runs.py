@@ -1,7 +1,7 @@
 import csv
+import fcntl
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from image_classifier.run_dir import STAGING_MARKER, _lock
+from image_classifier.errors import RunDirectoryError
+from image_classifier.run_dir import STAGING_MARKER, RunDirectory, is_locked, lock_directory
 from image_classifier.tracking.records import COMPLETED
 from image_classifier.tracking.registry import REGISTRY_FILE
 from image_classifier.tracking.runs import LIST_COLUMNS, MODEL_COLUMNS, build_parser, main
@@ -140,7 +141,7 @@ def _damage(experiments: Path) -> dict[str, str]:
 
 def test_unfinished_old_and_damaged_runs_are_listed_with_a_reason(experiments, capsys):
     expected = _damage(experiments)
-    lock = _lock(experiments / "e" / "locked.incomplete")  # as the trainer holds it while it runs
+    lock = lock_directory(experiments / "e" / "locked.incomplete")  # as the trainer holds it while it runs
     (experiments / REGISTRY_FILE).write_text("{not json")
     code, out, err = _run(capsys, "list", "--experiments_folder", str(experiments), "--format", "json")
     assert code == 0
@@ -152,7 +153,7 @@ def test_unfinished_old_and_damaged_runs_are_listed_with_a_reason(experiments, c
     assert "older version" in listed["old_version"]["note"] and listed["old_version"]["test_accuracy"] is not None
     assert "--resume" in listed["interrupted"]["note"] and "killed" in listed["running"]["note"]
     assert "running it now" in listed["locked"]["note"]
-    os.close(lock)
+    lock.release()
     assert "registered versions not shown" in err and "is damaged" in err  # a bad registry: one warning
     code, out, _ = _run(capsys, "list", "--experiments_folder", str(experiments))  # the table, too
     assert code == 0 and len(out.splitlines()) == 1 + len(expected)
@@ -302,3 +303,68 @@ def test_usage_errors_never_echo_a_value(capsys):
         assert "S3cret-value" not in capsys.readouterr().err
     help_text = build_parser().format_help()
     assert all(name in help_text for name in ("list", "show", "compare", "register", "alias", "models"))
+
+
+# How `list` and `show` tell a running run from an interrupted one, as often as a process can ask.
+_ASK_FOREVER = """
+import sys
+from pathlib import Path
+from image_classifier.run_dir import is_locked
+folder = Path(sys.argv[1])
+print("asking", flush=True)
+while True:
+    is_locked(folder)
+"""
+
+
+def test_listing_never_makes_a_writer_fail(tmp_path):
+    experiments = tmp_path / "experiments"
+    with RunDirectory(experiments / "e" / "r") as run_dir:
+        run_dir.create({"step": 0}, {"status": "interrupted"})  # an unfinished run nobody holds
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _ASK_FOREVER, str(run_dir.work_dir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert reader.stdout.readline() == "asking\n"
+        refused = []
+        for _ in range(300):
+            with RunDirectory(experiments / "e" / "r") as run_dir:
+                try:
+                    run_dir.open_for_resume()
+                except RunDirectoryError as exc:
+                    refused.append(str(exc))
+        assert reader.poll() is None  # it listed the whole time
+        assert refused == []
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from image_classifier.run_dir import lock_directory
+lock = lock_directory(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_asking_whether_a_run_is_held_takes_no_lock(tmp_path, monkeypatch):
+    held, free = tmp_path / "held.incomplete", tmp_path / "free.incomplete"
+    held.mkdir()
+    free.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+
+        def no_locking(fd, operation):
+            raise AssertionError("a reader took a lock")
+
+        monkeypatch.setattr(fcntl, "flock", no_locking)
+        assert is_locked(held) and not is_locked(free)
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.undo()
+    assert not is_locked(held)
