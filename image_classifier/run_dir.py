@@ -71,7 +71,7 @@ def finite_json(value, where: str = "") -> tuple[object, list[str]]:
     if isinstance(value, dict):
         pairs = [(key, finite_json(item, f"{where}.{key}" if where else str(key))) for key, item in value.items()]
         return {key: item for key, (item, _) in pairs}, [place for _, (_, places) in pairs for place in places]
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         items = [finite_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
         return [item for item, _ in items], [place for _, places in items for place in places]
     return value, []

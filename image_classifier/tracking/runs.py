@@ -32,7 +32,7 @@ from image_classifier.errors import UserError
 from image_classifier.manifest import ENVIRONMENT_KEYS
 from image_classifier.tracking.files import to_strict_json
 from image_classifier.tracking.records import RunRecord, find_run, list_runs
-from image_classifier.tracking.registry import ModelVersion, Registry, open_registry
+from image_classifier.tracking.registry import ModelVersion, open_registry
 from image_classifier.tracking.uri import TRACKING_URI_ENV, redacted, tracking_uri_from
 
 logger = logging.getLogger(__name__)
@@ -133,12 +133,27 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in lines)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): text from a run's
+# files (a hand-edited run.json, a registry entry) must never become one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """`value` for a CSV cell: lists joined with "; ", text that a spreadsheet would run as a formula quoted
+    with a leading apostrophe (what spreadsheets show as plain text); numbers as they are."""
+    if isinstance(value, (list, tuple)):
+        value = "; ".join(map(str, value))
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def format_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     stream = io.StringIO()
     writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: "; ".join(value) if isinstance(value, list) else value for key, value in row.items()})
+        writer.writerow({key: csv_cell(value) for key, value in row.items()})
     return stream.getvalue().rstrip("\n")
 
 
@@ -193,11 +208,11 @@ def _sort_key(column: str) -> Callable[[dict], tuple]:
     return key
 
 
-def registered_versions(registry: Registry) -> list[ModelVersion]:
-    """The registry's versions for the listing's last column; a registry that cannot be read does not stop
-    a listing, it is one warning."""
+def registered_versions(experiments_folder: Path, tracking_uri: str | None) -> list[ModelVersion]:
+    """The registry's versions for `list` and `show`; a registry that cannot be opened or read (damaged,
+    a server that is down, MLflow not installed) does not stop them: it is one warning."""
     try:
-        return registry.versions()
+        return open_registry(experiments_folder, tracking_uri).versions()
     except UserError as exc:
         logger.warning("registered versions not shown: %s", exc)
         return []
@@ -207,7 +222,7 @@ def list_command(config: ListConfig) -> int:
     if not config.experiments_folder.is_dir():
         raise UserError(f"no experiments folder {config.experiments_folder}")
     records = list_runs(config.experiments_folder, config.experiment)
-    versions = version_labels(registered_versions(open_registry(config.experiments_folder, config.tracking_uri)))
+    versions = version_labels(registered_versions(config.experiments_folder, config.tracking_uri))
     rows = [run_row(record, versions) for record in records]
     present = [row for row in rows if row.get(config.sort) not in (None, [])]
     missing = [row for row in rows if row.get(config.sort) in (None, [])]
@@ -282,8 +297,7 @@ def _indent(text: str) -> str:
 
 def show_command(config: ShowConfig) -> int:
     record = find_run(config.experiments_folder, config.run)
-    registry = open_registry(config.experiments_folder, config.tracking_uri)
-    versions = version_labels(registered_versions(registry)).get(record.name, [])
+    versions = version_labels(registered_versions(config.experiments_folder, config.tracking_uri)).get(record.name, [])
     files = _files_of(record)
     if config.format == "json":
         document = {

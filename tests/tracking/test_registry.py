@@ -1,10 +1,14 @@
 import json
+import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from image_classifier.errors import RegistryError, UserError
 from image_classifier.run_dir import sha256_of
@@ -181,3 +185,179 @@ def test_parallel_register_processes_never_lose_an_entry(experiments, tmp_path):
     assert sorted(v.version for v in versions) == list(range(1, len(copies) + 1))
     assert sorted(v.source_run for v in versions) == sorted(f"e/{copy.name}" for copy in copies)
     assert not list(experiments.glob(".*.tmp"))
+
+
+# --- a damaged registry.json: one clear error, whatever the damage ---
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _valid_document(experiments: Path) -> dict:
+    sha = json.loads((experiments / "e" / "seed0" / "run.json").read_text())["model_sha256"]
+    entry = {"version": 1, "source_run": "e/seed0", "sha256": sha, "registered_at": "2024-01-01T00:00:00+00:00"}
+    return {"format": 1, "models": {"m": {"versions": [{**entry, "test_accuracy": 50.0}], "aliases": {"prod": 1}}}}
+
+
+def _places(value, path=()) -> list[tuple]:
+    """Every place in a JSON document, as the keys and indexes that lead there."""
+    places = [path]
+    if isinstance(value, dict):
+        places += [place for key, item in value.items() for place in _places(item, (*path, key))]
+    elif isinstance(value, list):
+        places += [place for index, item in enumerate(value) for place in _places(item, (*path, index))]
+    return places
+
+
+def _replaced(document, path: tuple, new, delete: bool):
+    if not path:
+        return new
+    document = json.loads(json.dumps(document))
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = new
+    return document
+
+
+@st.composite
+def damaged_registries(draw, valid: dict) -> str:
+    """registry.json texts: the valid one with a value replaced or a key dropped, truncated, or any JSON."""
+    kind = draw(st.sampled_from(["replace", "drop", "truncate", "any"]))
+    text = json.dumps(valid, indent=4)
+    if kind == "truncate":
+        return text[: draw(st.integers(0, len(text) - 1))]
+    if kind == "any":
+        return json.dumps(draw(_JSON))
+    places = [p for p in _places(valid) if p] if kind == "drop" else _places(valid)
+    place = draw(st.sampled_from(places))
+    return json.dumps(_replaced(valid, place, draw(_JSON), delete=kind == "drop"))
+
+
+_SOUND_BUT_LACKING = re.compile(r"m has no (version|alias) |is already version \d+ of m")
+
+
+def _assert_clean(code: int, err: str, registry: Path, warning_only: bool = False) -> None:
+    assert "Traceback" not in err, err
+    if warning_only:  # list and show go on without the versions column
+        assert code == 0, err
+        if err:
+            (line,) = err.strip().splitlines()
+            assert "registered versions not shown" in line and str(registry) in line
+    elif code != 0:
+        assert code == 1
+        (line,) = err.strip().splitlines()
+        # A damaged file is named; a sound one that lacks what was asked for says what it lacks.
+        assert line.startswith("error: ") and (str(registry) in line or _SOUND_BUT_LACKING.search(line)), line
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(data=st.data())
+def test_any_damaged_registry_is_one_error_line_naming_the_file(experiments, capsys, data):
+    from image_classifier.tracking.runs import main as runs
+
+    registry = experiments / REGISTRY_FILE
+    text = data.draw(damaged_registries(_valid_document(experiments)))
+    folder = ("--experiments_folder", str(experiments))
+    for argv in (
+        ["list", *folder],
+        ["show", "e/seed0", "--format", "json", *folder],
+        ["models", *folder],
+        ["models", "--format", "csv", *folder],
+        ["models", "m", "--format", "json", *folder],
+        ["alias", "m", "staging", "1", *folder],
+        ["register", "e/seed1", "--name", "m", *folder],
+    ):
+        registry.write_text(text)
+        code = runs(argv)
+        out, err = capsys.readouterr()
+        _assert_clean(code, err, registry, warning_only=argv[0] in ("list", "show"))
+    for uri in ("models:/m/1", "models:/m@prod"):
+        registry.write_text(text)
+        try:
+            version = open_registry(experiments).resolve(uri)
+        except RegistryError as exc:
+            assert str(registry) in str(exc) or _SOUND_BUT_LACKING.search(str(exc)), exc
+        else:  # whatever was resolved is a checked file inside the experiments folder
+            assert version.model_path.resolve().is_relative_to(experiments.resolve())
+            assert sha256_of(version.model_path) == version.sha256
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"format": 1, "models": {"a": {"versions": [', "is damaged"),
+        ('{"format": 1, "models": []}', '"models" is not an object'),
+        ('{"format": 1, "models": {"m": {"versions": [{"version": 1}], "aliases": {}}}}', "source_run"),
+        ('{"format": 1, "models": {"m": {"versions": [], "aliases": []}}}', "no object of aliases"),
+        ('{"format": 1, "models": {"m": {"versions": [{"version": true}], "aliases": {}}}}', "whole number"),
+        (b'{"format": 1, "models": {"\xff": {}}}', "is damaged"),
+        ("[" * 100_000, "nested too deeply"),
+        ('{"format": 1, "models": {}, "x": NaN}', "NaN is not JSON"),
+    ],
+)
+def test_damaged_registries_name_what_is_wrong(experiments, text, message):
+    registry = experiments / REGISTRY_FILE
+    registry.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(RegistryError, match=message) as error:
+        open_registry(experiments).versions()
+    assert str(registry) in str(error.value)
+
+
+def _with_entry(experiments: Path, **changes) -> None:
+    document = _valid_document(experiments)
+    document["models"]["m"]["versions"][0].update(changes)
+    (experiments / REGISTRY_FILE).write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("source_run", ["../outside", "/tmp/x", "e/../../outside", "e/seed0/..", "e", "a/b/c"])
+def test_a_source_run_outside_the_experiments_folder_is_refused(experiments, tmp_path, source_run):
+    (tmp_path / "outside").mkdir()  # experiments/../outside: the registered bytes, where no run may lie
+    (tmp_path / "outside" / "model.pth").write_bytes((experiments / "e" / "seed0" / "model.pth").read_bytes())
+    _with_entry(experiments, source_run=source_run)
+    with pytest.raises(RegistryError, match="is not EXPERIMENT/RUN"):
+        open_registry(experiments).resolve("models:/m/1")
+
+
+def test_a_source_run_linked_out_of_the_experiments_folder_is_refused(experiments, tmp_path):
+    outside = tmp_path / "outside"
+    (experiments / "e" / "seed0").rename(outside)
+    (experiments / "e" / "seed0").symlink_to(outside)  # the run folder is a link out
+    _with_entry(experiments)
+    with pytest.raises(RegistryError, match="leads outside"):
+        open_registry(experiments).resolve("models:/m/1")
+    with pytest.raises(RegistryError, match="is not a run in"):
+        open_registry(experiments).register(experiments / "e" / "seed0", "other")
+    (experiments / "e" / "seed0").unlink()
+    (experiments / "e" / "seed0").mkdir()
+    for name in ("run.json", "metrics.json"):
+        (experiments / "e" / "seed0" / name).write_bytes((outside / name).read_bytes())
+    (experiments / "e" / "seed0" / "model.pth").symlink_to(outside / "model.pth")  # the file is a link out
+    with pytest.raises(RegistryError, match="leads outside"):
+        open_registry(experiments).resolve("models:/m/1")
+    with pytest.raises(RegistryError, match="outside"):
+        open_registry(experiments).register(experiments / "e" / "seed0", "other")
+
+
+def test_a_run_whose_metrics_hold_nan_registers_with_no_accuracy(experiments):
+    # Older versions wrote NaN for a diverged run's figures; the registry stays strict JSON.
+    metrics = experiments / "e" / "seed0" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"test_accuracy": ', '"test_accuracy": NaN, "was": ', 1))
+    version = open_registry(experiments).register(experiments / "e" / "seed0", "m")
+    assert version.test_accuracy is None
+    text = (experiments / REGISTRY_FILE).read_text()
+    assert "NaN" not in text and json.loads(text)["models"]["m"]["versions"][0]["test_accuracy"] is None
+
+
+def test_a_registry_that_cannot_be_written_is_one_error(experiments):
+    (experiments / f".{REGISTRY_FILE}.{os.getpid()}.tmp").mkdir()  # in the way of the temporary file
+    with pytest.raises(RegistryError, match=f"cannot write the registry {experiments / REGISTRY_FILE}"):
+        open_registry(experiments).register(experiments / "e" / "seed0", "m")
