@@ -1,3 +1,4 @@
+import base64
 import json
 import os
 import re
@@ -20,6 +21,10 @@ from image_classifier.tracking.registry import (
     open_registry,
     parse_model_uri,
 )
+from tests.conftest import command, run_command, trainer_args
+from tests.tracking.conftest import free_port
+
+_PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 
 
 def test_register_numbers_versions_and_resolves_them(experiments):
@@ -361,3 +366,29 @@ def test_a_registry_that_cannot_be_written_is_one_error(experiments):
     (experiments / f".{REGISTRY_FILE}.{os.getpid()}.tmp").mkdir()  # in the way of the temporary file
     with pytest.raises(RegistryError, match=f"cannot write the registry {experiments / REGISTRY_FILE}"):
         open_registry(experiments).register(experiments / "e" / "seed0", "m")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"format": 1, "models": {"m": {"versions": [{"version": 1}], "aliases": {}}}}',  # fields missing
+        '{"format": 1, "models": {"m": []}}',  # wrong shape
+    ],
+)
+def test_the_trainer_and_the_services_say_one_line_about_a_damaged_registry(dataset, tmp_path, document):
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / REGISTRY_FILE).write_text(document)
+    image = tmp_path / "image.png"
+    image.write_bytes(base64.b64decode(_PNG_1X1))
+    folder = ("--experiments_folder", str(experiments))
+    for argv in (
+        [command("image_classifier_trainer"), *trainer_args(dataset, experiments), "--pretrained_model", "models:/m/1"],
+        [command("image_classifier_predict"), "--model", "models:/m/1", *folder, str(image)],
+        [command("image_classifier_serve"), "--model", "models:/m/1", *folder, "--port", str(free_port())],
+    ):
+        result = run_command(argv)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and f"the registry {experiments / REGISTRY_FILE} is damaged" in line
