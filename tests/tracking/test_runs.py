@@ -475,3 +475,18 @@ def test_models_with_a_tracking_uri_but_no_mlflow_is_one_error(trained_experimen
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and "MLflow is not installed" in line
+
+
+def test_text_from_run_files_cannot_drive_the_terminal(experiments, capsys):
+    run = experiments / "e" / "seed0"
+    manifest = json.loads((run / "run.json").read_text())
+    manifest["arguments"]["\x1b[2Jkey"] = "\x1b]0;pwned\x07value\nsecond line"
+    manifest["started_at"] = "\x1b[31m2024"
+    (run / "run.json").write_text(json.dumps(manifest))
+    folder = ("--experiments_folder", str(experiments))
+    for argv in (["show", "e/seed0"], ["list"], ["compare", "e/seed0", "e/seed1"]):
+        code, out, _ = _run(capsys, *argv, *folder)
+        assert code == 0
+        assert not any(char in out for char in "\x1b\x07\r"), argv
+    code, out, _ = _run(capsys, "show", "e/seed0", *folder)
+    assert "\\x1b[2Jkey" in out and "\\x1b]0;pwned\\x07value\\nsecond line" in out
