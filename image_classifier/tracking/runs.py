@@ -440,18 +440,8 @@ def models_command(config: ModelsConfig) -> int:
 # --- the command line ---
 
 
-class _Parser(ArgumentParser):
-    """Never echoes a rejected value: a mistyped subcommand or choice may be a password typed in the
-    wrong place, like the values after unknown options (see `image_classifier.cli`)."""
-
-    def _check_value(self, action: argparse.Action, value) -> None:
-        if action.choices is not None and value not in action.choices:
-            choices = ", ".join(map(str, action.choices))
-            raise argparse.ArgumentError(action, f"invalid choice, not shown (choose from {choices})")
-
-
 def _common_options() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument(
         "--experiments_folder", type=Path, default=Path("experiments"), help="where the runs are (as in the trainer)"
     )
@@ -460,7 +450,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def _tracking_option() -> argparse.ArgumentParser:
-    tracking = _Parser(add_help=False)
+    tracking = ArgumentParser(add_help=False)
     tracking.add_argument(
         "--mlflow_tracking_uri",
         default=None,
@@ -471,7 +461,7 @@ def _tracking_option() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="image_classifier_runs",
         description="List, show and compare the runs in an experiments folder; register their models as "
         "named versions and move aliases.",
