@@ -26,8 +26,6 @@ USAGE_EXIT_CODE = 2  # argparse's own code for usage errors
 # torch.manual_seed takes any integer that fits in 64 bits; the trainer takes the non-negative ones.
 MAX_SEED = 2**64 - 1
 
-_NEGATIVE_NUMBER = re.compile(r"-\d+(\.\d*)?([eE][-+]?\d+)?")
-
 
 def described(requirement: str) -> Callable[[Callable], Callable]:
     """Name what an argparse `type` accepts; a usage error says it instead of repeating the value."""
@@ -205,7 +203,7 @@ class ArgumentParser(argparse.ArgumentParser):
             action = self._option_string_actions.get(option)
             if action is None:
                 if expects_value is not None and any(c.isspace() for c in token):
-                    expects_value = None  # "-a b" after --option: argparse takes it as the value, so it is
+                    expects_value = None  # "-a b" after --option: argparse takes it as that option's value
                     continue
                 return self._unknown(token, position, expects_value)
             if carries_value and action.nargs == 0 and not self._combined_flags(token):
