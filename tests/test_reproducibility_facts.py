@@ -2,6 +2,9 @@
 
 import subprocess
 
+import pytest
+import torch
+
 import image_classifier
 from image_classifier import reproducibility
 
@@ -52,3 +55,28 @@ def test_lock_record_written_by_the_installers_is_read_back(tmp_path, monkeypatc
     assert reproducibility._lock_file_record() is None
     (tmp_path / reproducibility.LOCK_RECORD_FILE).write_text("ab12  requirements-cq.txt\ncd34  requirements-dev.txt\n")
     assert reproducibility._lock_file_record() == {"requirements-cq.txt": "ab12", "requirements-dev.txt": "cd34"}
+
+
+@pytest.mark.parametrize(
+    "report, version",
+    [
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+            "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n",
+            "535.104.05",
+        ),
+        (
+            "NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  570.86.15  Release Build  (dvs-builder)\n",
+            "570.86.15",
+        ),
+        ("something else entirely\n", None),
+    ],
+)
+def test_the_nvidia_driver_version_is_read_from_the_kernel_modules_report(tmp_path, report, version):
+    (tmp_path / "version").write_text(report)
+    assert reproducibility.nvidia_driver_version(tmp_path / "version") == version
+    assert reproducibility.nvidia_driver_version(tmp_path / "absent") is None
+
+
+def test_a_cpu_run_records_no_gpu():
+    assert reproducibility.gpu_facts(torch.device("cpu")) is None
