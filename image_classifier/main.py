@@ -180,6 +180,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def arguments_for(config: TrainConfig) -> list[str]:
+    """The trainer's command-line arguments that give `config` back (config_from_args's inverse).
+
+    Built from the parser itself, so an option added later is carried too. `pretrained_model` goes as the
+    file it names (absolute paths stay absolute); a models:/ URI's resolution has no option, the file has.
+    The password is never an argument: a child process gets it in its environment.
+    """
+    arguments = []
+    for action in build_parser()._actions:
+        if not action.option_strings or not hasattr(config, action.dest) or action.dest == "db_pass":
+            continue
+        value = getattr(config, action.dest)
+        option = next(name for name in action.option_strings if name.startswith("--"))
+        if isinstance(action, argparse.BooleanOptionalAction):
+            arguments.append(option if value else f"--no-{option.removeprefix('--')}")
+        elif action.nargs == 0:  # store_true
+            arguments += [option] if value else []
+        elif value is not None:
+            arguments += [option, str(value)]
+    return arguments
+
+
 def check_device_exists(parser: argparse.ArgumentParser, device: str) -> None:
     """A CUDA device that is not there is a usage error; only then is torch imported before the work."""
     if not device.startswith("cuda"):

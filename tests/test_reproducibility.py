@@ -302,3 +302,28 @@ def test_difference_reports():
         "device: 'cuda:0' -> 'cpu'",
         "platform.cpu_capability: 'AVX2' -> 'AVX512'",
     ]
+
+
+OLDER_RUN = REPO_ROOT / "tests" / "fixtures" / "older_experiments" / "local_exp_test" / "run_1"
+
+
+def _as_if_written_by_version_1_0_0(run_dir: Path) -> None:
+    """Rewrite a run's run.json the way version 1.0.0 wrote it: without the options added since."""
+    manifest = json.loads((run_dir / "run.json").read_text())
+    known_then = json.loads((OLDER_RUN / "run.json").read_text())["arguments"]
+    manifest["arguments"] = {key: value for key, value in manifest["arguments"].items() if key in known_then}
+    manifest["versions"]["image_classifier"] = "1.0.0"
+    (run_dir / "run.json").write_text(json.dumps(manifest, indent=4))
+
+
+def test_a_run_of_an_older_version_is_reproduced_with_that_versions_settings(dataset, tmp_path):
+    # What version 1.0.0 did, in today's options: contiguous tensors, evaluation at the training batch size.
+    then = ("--no-channels_last", "--eval_batch_size", "4", "--num_epochs", "1")
+    assert run_trainer(*trainer_args(dataset, tmp_path, "old", *then)).returncode == 0
+    _as_if_written_by_version_1_0_0(tmp_path / "e" / "old")
+
+    result = run_command([command("image_classifier_reproduce"), str(tmp_path / "e" / "old")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "REPRODUCED" in result.stdout and "model.pth: identical" in result.stdout
+    arguments = json.loads((tmp_path / "e" / "old-repro-1" / "run.json").read_text())["arguments"]
+    assert (arguments["channels_last"], arguments["eval_batch_size"], arguments["amp"]) == (False, 4, False)
