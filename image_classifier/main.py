@@ -198,7 +198,7 @@ def arguments_for(config: TrainConfig) -> list[str]:
         elif action.nargs == 0:  # store_true
             arguments += [option] if value else []
         elif value is not None:
-            arguments += [option, str(value)]
+            arguments.append(f"{option}={value}")  # one token: a value may start with "-"
     return arguments
 
 

@@ -56,7 +56,7 @@ def test_a_torchrun_job_on_more_gpus_than_here_is_refused_with_what_to_run():
         check_devices_for(config, 4, gpus_here=1)
     message = str(refused.value)
     assert "trained by 4 torchrun processes, one GPU each, and this machine has 1 GPU(s)" in message
-    assert "-m image_classifier.main --experiment_name local_exp_test" in message and "--db_pass" not in message
+    assert "-m image_classifier.main --experiment_name=local_exp_test" in message and "--db_pass" not in message
 
 
 def test_metrics_are_compared_on_what_the_run_recorded():
