@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from image_classifier.reproduce import environment_differences, metric_differences
-from tests.conftest import REPO_ROOT, command, run_command, run_trainer, trainer_args
+from tests.conftest import REPO_ROOT, RUN_FILES, command, run_command, run_trainer, trainer_args
 
 pytestmark = pytest.mark.slow
 
@@ -121,9 +121,39 @@ def test_a_kill_at_any_instant_leaves_a_run_that_restarts_or_resumes_to_the_same
         assert point == "published"
     else:
         assert again.returncode == 0, again.stderr
-    assert_same_run(tmp_path / "e" / "crashed", reference)
-    assert json.loads((tmp_path / "e" / "crashed" / "run.json").read_text())["status"] == "completed"
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["crashed"]  # no leftovers
+    assert_run_complete_without_leftovers(tmp_path / "e" / "crashed", reference)
+
+
+def assert_run_complete_without_leftovers(run_dir: Path, reference: Path) -> None:
+    assert_same_run(run_dir, reference)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES  # hidden temporary files included
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == [run_dir.name]
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "torn:checkpoint.pt:1:1000",  # the first checkpoint, in the staging folder
+        "torn:checkpoint.pt:3:100000",  # the checkpoint after epoch 1's evaluation, half written
+        "torn:checkpoint.pt:5:100000",  # the last checkpoint: nothing writes one after it
+        "torn:run.json:2:500",  # run.json as the run starts
+        "torn:model.pth:1:100000",  # model.pth, written under its own name
+        "torn:metrics.json:1:10",
+        "torn:run.json:3:500",  # the final run.json
+    ],
+)
+def test_a_kill_inside_a_write_leaves_a_run_that_restarts_or_resumes_to_the_same_bytes(
+    dataset, tmp_path, reference, point
+):
+    args = trainer_args(dataset, tmp_path, "crashed")
+    killed = run_with_fault("KILL", point, *args)
+    assert killed.returncode == -9, killed.stderr
+    again = run_trainer(*args)  # what a user does next: run it again, and resume it if told to
+    if again.returncode != 0 and "continue it with --resume" in again.stderr:
+        again = run_trainer(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert_run_complete_without_leftovers(tmp_path / "e" / "crashed", reference)
 
 
 def _wait_until_stopped(process: subprocess.Popen, timeout: float = 300) -> None:

@@ -16,6 +16,9 @@ from image_classifier.tracking.registry import (
     open_registry,
     parse_model_uri,
 )
+from tests.conftest import REPO_ROOT, command, run_command
+
+FAULT_INJECTION = str(REPO_ROOT / "tests" / "fault_injection.py")
 
 
 def test_register_numbers_versions_and_resolves_them(experiments):
@@ -181,3 +184,19 @@ def test_parallel_register_processes_never_lose_an_entry(experiments, tmp_path):
     assert sorted(v.version for v in versions) == list(range(1, len(copies) + 1))
     assert sorted(v.source_run for v in versions) == sorted(f"e/{copy.name}" for copy in copies)
     assert not list(experiments.glob(".*.tmp"))
+
+
+def test_a_kill_inside_a_registry_write_keeps_the_old_document_and_the_rerun_leaves_no_leftovers(experiments):
+    registry = open_registry(experiments)
+    registry.register(experiments / "e" / "seed0", "cifar-net", aliases=["production"])
+    before = (experiments / REGISTRY_FILE).read_bytes()
+    register = ["runs", "register", "e/seed1", "--name", "cifar-net", "--experiments_folder", str(experiments)]
+    killed = run_command([sys.executable, FAULT_INJECTION, "KILL", "torn:registry.json:1:100", *register])
+    assert killed.returncode == -9, killed.stderr
+    assert (experiments / REGISTRY_FILE).read_bytes() == before  # the old document, whole
+    assert [v.version for v in registry.versions("cifar-net")] == [1]
+
+    again = run_command([command("image_classifier_runs"), *register[1:]])  # the user runs it again
+    assert again.returncode == 0, again.stderr
+    assert [v.source_run for v in registry.versions("cifar-net")] == ["e/seed0", "e/seed1"]
+    assert sorted(p.name for p in experiments.iterdir()) == ["e", REGISTRY_FILE, f"{REGISTRY_FILE}.lock"]
