@@ -396,6 +396,9 @@ def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | N
     """
     if not config.resume:  # a resumed run goes on from the version its checkpoint recorded (checkpoint.py)
         config = resolve_pretrained_model(config, tracking_uri)  # models:/... names a file, checked by sha256
+    # A run sets its own thread count (see _train); the caller's comes back at the end, so that the next run
+    # in this process (a notebook, reproduce) starts from torch's count for every core, not from this run's.
+    threads = torch.get_num_threads()
     with runtime_for(config.device) as runtime:
         try:
             return _train(config, db_password, runtime, tracking_uri)
@@ -407,6 +410,8 @@ def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | N
                 f"another process of this torchrun job failed ({first_line}); torchrun names it. The run stays "
                 f"unfinished in {RunDirectory(config.run_dir).work_dir}: run the same torchrun command with --resume"
             ) from exc
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _lost_a_peer(exc: RuntimeError) -> bool:

@@ -266,8 +266,10 @@ def test_bad_pretrained_model_is_one_line_error_and_leaves_nothing(dataset, tmp_
 def test_speed_options_run_and_are_recorded(dataset, tmp_path):
     """--amp (bf16 autocast, correct on the CPU too), contiguous layout, own eval batch size, thread count."""
     speed = ["--amp", "--no-channels_last", "--eval_batch_size", "7", "--num_threads", "1", "--num_epochs", "1"]
+    torch.set_num_threads(3)
     code = main([*trainer_args(dataset, tmp_path, "r"), *speed, "--db_pass", PASSWORD])
     assert code == 0
+    assert torch.get_num_threads() == 3  # the caller's count back: the next run in this process starts from it
     run_dir = tmp_path / "e" / "r"
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["arguments"]["amp"] is True and manifest["arguments"]["channels_last"] is False

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from image_classifier.reproduce import environment_differences, metric_differences
-from tests.conftest import REPO_ROOT, RUN_FILES, command, run_command, run_trainer, trainer_args
+from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, command, run_command, run_trainer, trainer_args
 
 pytestmark = pytest.mark.slow
 
@@ -202,14 +202,22 @@ def test_resume_refuses_another_device_torch_or_code_unless_forced(dataset, tmp_
 
     def as_if_elsewhere(manifest: dict) -> None:
         manifest["device"] = "cuda:0"
+        manifest["gpu"] = {"name": "NVIDIA H200", "driver": "570.86.15"}
         manifest["versions"]["torch"] = "2.0.0"
         manifest["code"]["sha256"] = "0" * 64
         manifest["platform"]["cpu_capability"] = "AVX2"
 
+    assert json.loads((tmp_path / "e" / "moved.incomplete" / "run.json").read_text())["gpu"] is None  # a CPU run
     _tamper_checkpoint(tmp_path / "e" / "moved.incomplete", as_if_elsewhere)
     refused = run_trainer(*args, "--resume")
     assert refused.returncode == 1, refused.stderr
-    for named in ("device: 'cuda:0' -> 'cpu'", "versions.torch: '2.0.0'", "code.sha256: '0000", "--force"):
+    for named in (
+        "device: 'cuda' -> 'cpu'",  # compared by type: any cuda:<n> is a GPU
+        "gpu.name: 'NVIDIA H200' -> None",
+        "versions.torch: '2.0.0'",
+        "code.sha256: '0000",
+        "--force",
+    ):
         assert named in refused.stderr
     assert "cpu_capability" not in refused.stderr  # recorded and warned about, not a reason to refuse
 
@@ -218,8 +226,10 @@ def test_resume_refuses_another_device_torch_or_code_unless_forced(dataset, tmp_
     assert "cpu_capability: 'AVX2'" in forced.stderr  # the warning
     manifest = json.loads((tmp_path / "e" / "moved" / "run.json").read_text())
     (resume,) = manifest["resumes"]
-    assert [line.split(":")[0] for line in resume["forced"]] == ["code.sha256", "device", "versions.torch"]
+    forced_keys = [line.split(":")[0] for line in resume["forced"]]
+    assert forced_keys == ["code.sha256", "device", "gpu.name", "versions.torch"]
     assert resume["environment"]["device"] == "cpu" and manifest["device"] == "cuda:0"  # start record kept
+    assert resume["environment"]["gpu"] is None and manifest["gpu"]["name"] == "NVIDIA H200"
     assert resume["environment"]["platform"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
@@ -252,13 +262,53 @@ def test_resume_refusals(dataset, tmp_path):
     assert again.returncode == 1 and "cannot be resumed or overwritten" in again.stderr
 
 
+def test_resume_refuses_a_changed_dataset_and_continues_once_it_is_restored(dataset, tmp_path, reference):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    args = trainer_args(data, tmp_path, "r")
+    assert run_with_fault("KILL", "train:2:5", *args).returncode == -9
+    batch = data / "cifar-10-batches-py" / "data_batch_3"
+    original = batch.read_bytes()
+    payload = bytearray(original)
+    payload[-3000] ^= 0xFF  # one pixel's value
+    batch.write_bytes(bytes(payload))
+
+    refused = run_trainer(*args, "--resume")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"error: the dataset in {data} changed since the interrupted run (cifar-10-batches-py/data_batch_3 changed)"
+    )
+    assert not (tmp_path / "e" / "r").exists() and (tmp_path / "e" / "r.incomplete" / "checkpoint.pt").is_file()
+
+    batch.write_bytes(original)
+    resumed = run_trainer(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_run_complete_without_leftovers(tmp_path / "e" / "r", reference)
+
+
+@pytest.mark.parametrize("signal_name, point", [("KILL", "train:2:5"), ("TERM", "evaluate:2")])
+def test_an_unfinished_run_holds_no_secret(dataset, tmp_path, signal_name, point):
+    args = trainer_args(dataset, tmp_path, "r", "--checkpoint_every", "10")
+    stopped = run_with_fault(signal_name, point, *args)  # DB_PASSWORD is set: run_command sets PASSWORD
+    assert stopped.returncode in (-9, 143), stopped.stderr
+    work_dir = tmp_path / "e" / "r.incomplete"
+    files = sorted(p.name for p in work_dir.iterdir())
+    assert files == ["checkpoint.pt", "run.json"]
+    for name in files:
+        assert PASSWORD.encode() not in (work_dir / name).read_bytes(), name
+    assert PASSWORD not in stopped.stdout + stopped.stderr
+
+
 def test_reproduce_passes_on_a_fresh_run(reference):
     # Reproduce into a copy, so that the shared reference run stays as it is.
     copy = reference.parent.parent / "copy" / "e" / "reference"
     shutil.copytree(reference, copy)
-    result = run_command([command("image_classifier_reproduce"), str(copy)])
+    result = run_command([command("image_classifier_reproduce"), str(copy), "--verbose"])
     assert result.returncode == 0, result.stderr
     assert "REPRODUCED" in result.stdout and "environment: unchanged" in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr  # with --verbose's debug logging too
+    for path in (copy.parent / "reference-repro-1").iterdir():
+        assert PASSWORD.encode() not in path.read_bytes(), path
     digest = json.loads((copy / "run.json").read_text())["model_sha256"]
     assert result.stdout.count(digest) == 2
     assert (copy.parent / "reference-repro-1" / "model.pth").read_bytes() == (copy / "model.pth").read_bytes()
