@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     recovery.add_argument(
         "--force",
         action="store_true",
-        help="with --resume: continue even on another device, torch version or code than the run's "
-        "(recorded in run.json)",
+        help="with --resume: continue even on another device type or GPU model, torch version or code than "
+        "the run's (recorded in run.json)",
     )
     add_verbose_option(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

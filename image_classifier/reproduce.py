@@ -38,6 +38,7 @@ from image_classifier.errors import DistributedRunError, UserError
 from image_classifier.main import arguments_for
 from image_classifier.manifest import differences, start_environment
 from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
+from image_classifier.tracking.uri import TRACKING_URI_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,10 @@ def _check_pretrained_unchanged(path: Path | None, record: dict | None) -> None:
 def recorded_config(manifest: dict) -> TrainConfig:
     """The run's arguments as its version understood them: an option it did not have yet is given the
     behaviour it had (BEFORE_THE_OPTION), never today's default."""
-    arguments = dict(manifest.get("arguments") or {})
+    arguments = manifest.get("arguments")
+    if not isinstance(arguments, dict):
+        raise UserError("run.json records no arguments: the file is damaged")
+    arguments = dict(arguments)
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     version = (manifest.get("versions") or {}).get("image_classifier", "unknown")
     newer = sorted(arguments.keys() - fields)
@@ -202,9 +206,11 @@ def _run(config: TrainConfig, world_size: int, password: Secret) -> Path:
     check_devices_for(config, world_size, torch.cuda.device_count())
     command = torchrun_command(config, world_size)
     logger.info("re-running with %d processes: %s", world_size, shlex.join(command))
-    # The password goes in the environment, never on a command line (other users can read those). The
-    # trainer's stdout holds only "run written to ..."; its log and errors go to stderr, shown as they come.
-    environment = {**os.environ, PASSWORD_ENV: password.reveal()}
+    # The password goes in the environment, never on a command line (other users can read those). A
+    # re-run is not logged to MLflow, in one process or under torchrun. The trainer's stdout holds only
+    # "run written to ..."; its log and errors go to stderr, shown as they come.
+    environment = {key: value for key, value in os.environ.items() if key != TRACKING_URI_ENV}
+    environment[PASSWORD_ENV] = password.reveal()
     finished = subprocess.run(command, env=environment, stdout=subprocess.DEVNULL, check=False)
     if finished.returncode != 0:
         raise DistributedRunError(
@@ -248,6 +254,11 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
     pretrained = origin / recorded.pretrained_model if recorded.pretrained_model is not None else None
     _check_pretrained_unchanged(pretrained, manifest.get("pretrained_model"))
     world_size = manifest.get("world_size", 1)  # runs from before torchrun support: one process
+    device = manifest.get("device", recorded.device)
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        raise UserError(f"run.json's world_size {world_size!r} is not a number of processes: the file is damaged")
+    if not isinstance(device, str):
+        raise UserError(f"run.json's device {device!r} is not a device: the file is damaged")
     config = dataclasses.replace(
         recorded,
         experiments_folder=run_dir.parent.parent,
@@ -257,7 +268,7 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
         pretrained_model=pretrained,
         # The type of device it ran on, not "auto"; any index, as a GPU of the same model gives the same bytes
         # (under torchrun each process takes its own).
-        device=manifest.get("device", recorded.device).partition(":")[0],
+        device=device.partition(":")[0],
         # CPU kernels split reductions by thread; the same count gives the same order of additions.
         num_threads=manifest["determinism"]["torch_num_threads"],
         resume=False,

@@ -2,17 +2,20 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
 
 from image_classifier.config import TrainConfig
+from image_classifier.data.database import Secret
 from image_classifier.errors import UserError
 from image_classifier.reproduce import (
     BEFORE_THE_OPTION,
     check_devices_for,
     metric_differences,
     recorded_config,
+    reproduce,
     same_weights,
     unrecorded_metrics,
 )
@@ -86,3 +89,23 @@ def test_the_weights_decide_for_another_versions_file_layout(tmp_path):
     assert not same_weights(OLDER_RUN / "model.pth", tmp_path / "model.pth")
     (tmp_path / "model.pth").write_bytes(b"garbage")
     assert not same_weights(OLDER_RUN / "model.pth", tmp_path / "model.pth")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"world_size": 0}, "world_size 0 is not a number of processes"),
+        ({"world_size": "100000"}, "world_size '100000' is not a number of processes"),
+        ({"world_size": True}, "world_size True is not a number of processes"),
+        ({"device": ["cpu"]}, "device ['cpu'] is not a device"),
+        ({"arguments": None}, "records no arguments"),
+    ],
+)
+def test_a_damaged_run_record_is_refused_before_any_work(tmp_path, change, message):
+    run_dir = tmp_path / "experiments" / "local_exp_test" / "run_1"
+    run_dir.mkdir(parents=True)
+    manifest = json.loads((OLDER_RUN / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(UserError, match=re.escape(message)):
+        reproduce(run_dir, Secret("x"))
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["run_1"]
