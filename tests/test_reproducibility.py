@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from image_classifier.data.synthetic import generate_dataset
 from image_classifier.reproduce import environment_differences, metric_differences
 from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, command, run_command, run_trainer, trainer_args
 
@@ -394,6 +395,19 @@ def _as_if_written_by_version_1_0_0(run_dir: Path) -> None:
     manifest["arguments"] = {key: value for key, value in manifest["arguments"].items() if key in known_then}
     manifest["versions"]["image_classifier"] = "1.0.0"
     (run_dir / "run.json").write_text(json.dumps(manifest, indent=4))
+
+
+def test_version_1_0_0s_example_run_reproduces_today(tmp_path):
+    """The real thing: the run version 1.0.0 committed, re-run by today's code on its own sample dataset."""
+    generate_dataset(tmp_path / "data" / "sample_dataset", 5000, 1000, seed=0)  # make data's dataset
+    shutil.copytree(OLDER_RUN.parent.parent, tmp_path / "experiments")  # the run folder is never written to
+    # 2 epochs of 5,000 images at batch 4: about a minute on a quiet 2-core machine, ten on a busy one.
+    reproduce = [command("image_classifier_reproduce"), "experiments/local_exp_test/run_1"]
+    result = run_command(reproduce, cwd=tmp_path, timeout=3600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "model.pth: same weights (a file laid out by version 1.0.0)" in result.stdout
+    assert "metrics: identical" in result.stdout and "REPRODUCED" in result.stdout
+    assert "dataset" not in result.stdout  # the same dataset bytes as then
 
 
 def test_a_run_of_an_older_version_is_reproduced_with_that_versions_settings(dataset, tmp_path):
