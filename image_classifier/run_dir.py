@@ -278,9 +278,14 @@ class RunDirectory:
             raise RunDirectoryError(f"cannot create {self.work_dir}: {exc.strerror}") from None
         warn_if_lock_is_local(parent, "this run")
         self.release()
-        self._lock = lock_directory(staging)
         try:
-            if self._lock is None:  # a second start of this run took it for an abandoned one
+            # Between mkdir and this lock the folder is unlocked: a second start of this run may take it for
+            # an abandoned one, and lock it (None here) or have removed it already (FileNotFoundError).
+            try:
+                self._lock = lock_directory(staging)
+            except FileNotFoundError:
+                self._lock = None
+            if self._lock is None:
                 raise RunDirectoryError(f"another process started {self.work_dir} at the same time")
             try:
                 self._save_checkpoint_in(staging, checkpoint)

@@ -264,3 +264,23 @@ def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monk
         assert not is_locked(run_dir.work_dir)
         run_dir.finish()
     assert "does not support flock" in caplog.text
+
+
+def test_a_second_start_removing_our_staging_before_we_lock_it_is_one_clear_error(tmp_path, monkeypatch):
+    """Two starts of the same run: the second one's clean-up of abandoned staging folders runs between our
+    mkdir and our lock, sees an unlocked staging folder and removes it (its real code, with its own lock)."""
+    run_dir = RunDirectory(tmp_path / "e" / "r")
+    real_lock = run_dir_module.lock_directory
+
+    def other_start_cleans_up_first(directory):
+        monkeypatch.setattr(run_dir_module, "lock_directory", real_lock)  # the other start locks for real
+        RunDirectory(tmp_path / "e" / "r")._remove_abandoned_staging()
+        return real_lock(directory)
+
+    monkeypatch.setattr(run_dir_module, "lock_directory", other_start_cleans_up_first)
+    with pytest.raises(RunDirectoryError, match="another process started .* at the same time"):
+        run_dir.create({"step": 0}, {})
+    assert list((tmp_path / "e").iterdir()) == []
+    with RunDirectory(tmp_path / "e" / "r") as again:  # and the run can be started
+        again.create({"step": 0}, {})
+        again.finish()
