@@ -9,7 +9,8 @@ into a staging directory (`<run>.incomplete~staging-<pid>`) that is then renamed
 resumes the run holds an advisory lock (`flock`) on that directory until the run finishes or fails (or the
 process ends, SIGKILL included), so a second process (a scheduler restarting a job that still runs) is
 refused instead of writing beside it. Readers (`image_classifier_runs list`) find out whether a run is held
-without ever taking its lock: a writer never fails because somebody was listing.
+from /proc/locks, and where that cannot tell (a holder in another pid namespace is left out of it) by trying
+a shared lock for an instant, which a writer waits out: a writer never fails because somebody was listing.
 
 `flock` is per machine on network file systems (NFS with `local_lock`, CIFS/SMB, most FUSE file systems):
 there a run directory gets a warning that a second process on another host is not excluded.
@@ -143,8 +144,11 @@ def lock_directory(directory: Path) -> DirectoryLock | None:
 
 
 def _listed_locks(directory: Path) -> bool | None:
-    """Whether the kernel lists a lock on `directory` in /proc/locks (None where there is no such file):
-    the way to ask without taking the lock, which could make a writer starting at that instant fail."""
+    """Whether the kernel lists a lock on `directory` in /proc/locks (None where there is no such file).
+
+    A listed lock is held; an unlisted one may be held all the same: /proc/locks leaves out the locks of
+    processes that its pid namespace cannot see (a trainer in another container, seen from this one).
+    """
     try:
         table = PROC_LOCKS.read_text(encoding="ascii", errors="replace")
     except OSError:
@@ -157,11 +161,15 @@ def _listed_locks(directory: Path) -> bool | None:
 
 
 def is_locked(directory: Path) -> bool:
-    """Whether a live process holds `directory`'s lock (runs in it) right now; never takes that lock where
-    the kernel can be asked (Linux), else probes with a shared lock for an instant."""
-    listed = _listed_locks(directory)
-    if listed is not None:
-        return listed
+    """Whether a live process holds `directory`'s lock (runs in it) right now, in any pid namespace.
+
+    A lock that /proc/locks lists is answered without touching it. Otherwise (not listed, which proves
+    nothing across pid namespaces, or no /proc/locks) a shared lock is tried and let go at once: the
+    flock itself is the same for every namespace, and a writer starting at that instant retries for
+    LOCK_RETRY_SECONDS (see lock_directory), so the probe never makes it fail.
+    """
+    if _listed_locks(directory):
+        return True
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

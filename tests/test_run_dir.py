@@ -284,3 +284,36 @@ def test_a_second_start_removing_our_staging_before_we_lock_it_is_one_clear_erro
     with RunDirectory(tmp_path / "e" / "r") as again:  # and the run can be started
         again.create({"step": 0}, {})
         again.finish()
+
+
+def test_a_run_held_by_a_process_that_proc_locks_leaves_out_is_still_running(tmp_path, monkeypatch):
+    """/proc/locks lists only the locks of processes its pid namespace can see: `runs list` in one container
+    sees an empty table while a trainer in another holds the run. The run is running, not "killed"."""
+    empty = tmp_path / "locks"
+    empty.write_text("")  # /proc/locks as read from another pid namespace
+    monkeypatch.setattr(run_dir_module, "PROC_LOCKS", empty)
+    with RunDirectory(tmp_path / "e" / "r") as run_dir:
+        run_dir.create({"step": 0}, {})
+        assert is_locked(run_dir.work_dir)
+    assert not is_locked(run_dir.work_dir)
+
+
+def test_a_run_held_from_another_pid_namespace_is_seen_as_running(tmp_path):
+    """The same with real namespaces: the lock is held here, asked about from a new pid namespace with its
+    own /proc (as `docker run` gives), where /proc/locks does not list it."""
+    ask = [
+        sys.executable,
+        "-c",
+        "import sys; from pathlib import Path; from image_classifier.run_dir import "
+        "is_locked; print(is_locked(Path(sys.argv[1])))",
+    ]
+    namespace = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if subprocess.run([*namespace, "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a pid namespace here (needs root or user namespaces)")
+    with RunDirectory(tmp_path / "e" / "r") as run_dir:
+        run_dir.create({"step": 0}, {})
+        hidden = subprocess.run([*namespace, "grep", "-c", "FLOCK", "/proc/locks"], capture_output=True, text=True)
+        assert hidden.stdout.strip() == "0"  # the kernel's table there leaves our lock out
+        answer = subprocess.run([*namespace, *ask, str(run_dir.work_dir)], capture_output=True, text=True)
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.strip() == "True"
