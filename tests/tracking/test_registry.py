@@ -205,11 +205,12 @@ def _race(experiments: Path, copies: list[Path], mode: str) -> list[str]:
         os.close(go_write)  # the release; also what frees them if the test failed
         os.close(ready_read)
         codes = [process.wait(timeout=300) for process in processes]
-    assert codes == [0] * len(copies)
+    # Unlocked, a writer may also fail outright (another one removed its temporary file as a leftover).
+    failed = [f"{sum(code != 0 for code in codes)} writer(s) failed"] if any(codes) else []
     versions = open_registry(experiments).versions("race")
     lost = sorted(set(f"e/{copy.name}" for copy in copies) - {v.source_run for v in versions})
     numbers = sorted(v.version for v in versions)
-    return lost + ([f"version numbers {numbers}"] if numbers != list(range(1, len(copies) + 1)) else [])
+    return failed + lost + ([f"version numbers {numbers}"] if numbers != list(range(1, len(copies) + 1)) else [])
 
 
 def test_parallel_register_processes_never_lose_an_entry(experiments):
