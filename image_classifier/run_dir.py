@@ -247,6 +247,7 @@ class RunDirectory:
 
     def check_can_start(self) -> None:
         if self.final_dir.exists():
+            self._remove_spare_checkpoint()
             raise RunDirectoryError(f"run directory {self.final_dir} already exists; choose another --run_name")
         if self.work_dir.exists():
             if is_locked(self.work_dir):
@@ -258,6 +259,7 @@ class RunDirectory:
     def open_for_resume(self) -> dict:
         """Lock the unfinished run and return its checkpoint."""
         if self.final_dir.exists():
+            self._remove_spare_checkpoint()
             raise RunDirectoryError(
                 f"run {self.final_dir} is complete; a completed run cannot be resumed or overwritten"
             )
@@ -273,6 +275,22 @@ class RunDirectory:
         except BaseException:
             self.release()
             raise
+
+    def _remove_spare_checkpoint(self) -> None:
+        """Drop the checkpoint a run killed between its final rename and the checkpoint's removal left in its
+        completed folder (see `finish`), so that running the same command again leaves exactly its outputs.
+        Only once no process holds the folder (the publisher keeps its lock across the rename) and its
+        run.json says completed."""
+        spare = self.final_dir / CHECKPOINT_FILE
+        if not spare.is_file() or is_locked(self.final_dir):
+            return
+        try:
+            completed = read_json(self.final_dir / RUN_FILE).get("status") == "completed"
+        except (OSError, ValueError, AttributeError):
+            return
+        if completed:
+            spare.unlink(missing_ok=True)
+            logger.info("removed the spare checkpoint of completed run %s", self.final_dir)
 
     def create(self, checkpoint: dict, manifest: dict) -> None:
         """Make the unfinished run directory, locked, with its first checkpoint and run.json already inside."""
@@ -358,8 +376,9 @@ class RunDirectory:
     def finish(self) -> Path:
         """Publish the run under its final name in one rename, drop the checkpoint, release the lock.
 
-        In this order a kill in between leaves a complete run with a spare checkpoint, never an unfinished
-        directory without one (which could neither be resumed nor restarted).
+        In this order a kill in between leaves a complete run with a spare checkpoint (which the next start
+        or resume of the same run removes), never an unfinished directory without one (which could neither
+        be resumed nor restarted).
         """
         _fsync_path(self.work_dir)  # the outputs' renames inside it reach the disk before it is published
         os.replace(self.work_dir, self.final_dir)

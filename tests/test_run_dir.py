@@ -317,3 +317,26 @@ def test_a_run_held_from_another_pid_namespace_is_seen_as_running(tmp_path):
         answer = subprocess.run([*namespace, *ask, str(run_dir.work_dir)], capture_output=True, text=True)
         assert answer.returncode == 0, answer.stderr
         assert answer.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    "status, holder, removed", [("completed", False, True), ("running", False, False), ("completed", True, False)]
+)
+def test_the_spare_checkpoint_of_a_run_killed_after_publishing_goes_with_the_next_attempt(
+    tmp_path, status, holder, removed
+):
+    # What finish() leaves when killed between its rename and the checkpoint's removal.
+    final = tmp_path / "e" / "r"
+    final.mkdir(parents=True)
+    (final / "run.json").write_text(json.dumps({"status": status}))
+    (final / CHECKPOINT_FILE).write_bytes(b"spare")
+    holding = os.open(final, os.O_RDONLY | os.O_DIRECTORY)
+    if holder:  # the publisher itself, still alive between its rename and the removal
+        fcntl.flock(holding, fcntl.LOCK_EX)
+    try:
+        for attempt in (RunDirectory(final).check_can_start, RunDirectory(final).open_for_resume):
+            with pytest.raises(RunDirectoryError, match="already exists|is complete"):
+                attempt()
+            assert (final / CHECKPOINT_FILE).exists() is not removed
+    finally:
+        os.close(holding)

@@ -13,7 +13,8 @@ import time
 
 
 def chromium_path() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    # Debian's package, or the Chrome that GitHub's Ubuntu runners ship (the tests workflow has no apt step).
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def _high(*fds: int) -> tuple[int, ...]:
