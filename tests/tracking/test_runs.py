@@ -508,3 +508,12 @@ def test_text_from_run_files_cannot_drive_the_terminal(experiments, capsys):
         assert not any(char in out for char in "\x1b\x07\r"), argv
     code, out, _ = _run(capsys, "show", "e/seed0", *folder)
     assert "\\x1b[2Jkey" in out and "\\x1b]0;pwned\\x07value\\nsecond line" in out
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\0", "\r"])
+def test_csv_quotes_every_start_asvs_names(start):
+    """OWASP ASVS 1.2.10's list of characters that make a spreadsheet cell a formula: '=', '+', '-', '@', tab
+    and the null character (and CR, which some readers drop)."""
+    rows = [{"experiment": "e", "run": "r", "note": start + "cmd|' /C calc'!A0"}]
+    (row,) = csv.DictReader(io.StringIO(format_csv(rows, LIST_COLUMNS)))
+    assert row["note"] == "'" + start + "cmd|' /C calc'!A0"
