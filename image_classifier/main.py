@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     recovery.add_argument(
         "--force",
         action="store_true",
-        help="with --resume: continue even on another device, torch version or code than the run's "
-        "(recorded in run.json)",
+        help="with --resume: continue even on another device type or GPU model, torch version or code than "
+        "the run's (recorded in run.json)",
     )
     add_verbose_option(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -191,6 +191,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     elif args.pretrained_model is not None and not args.pretrained_model.is_absolute():
         values["pretrained_model"] = args.experiments_folder / args.pretrained_model
     return TrainConfig(**values)
+
+
+def arguments_for(config: TrainConfig) -> list[str]:
+    """The trainer's command-line arguments that give `config` back (config_from_args's inverse).
+
+    Built from the parser itself, so an option added later is carried too. `pretrained_model` goes as the
+    file it names (absolute paths stay absolute); a models:/ URI's resolution has no option, the file has.
+    The password is never an argument: a child process gets it in its environment.
+    """
+    arguments = []
+    for action in build_parser()._actions:
+        if not action.option_strings or not hasattr(config, action.dest) or action.dest == "db_pass":
+            continue
+        value = getattr(config, action.dest)
+        option = next(name for name in action.option_strings if name.startswith("--"))
+        if isinstance(action, argparse.BooleanOptionalAction):
+            arguments.append(option if value else f"--no-{option.removeprefix('--')}")
+        elif action.nargs == 0:  # store_true
+            arguments += [option] if value else []
+        elif value is not None:
+            arguments.append(f"{option}={value}")  # one token: a value may start with "-"
+    return arguments
 
 
 def check_device_exists(parser: argparse.ArgumentParser, device: str) -> None:

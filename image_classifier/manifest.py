@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # The keys of run.json that describe where a run's bytes came from besides data and arguments; each resume
 # records the same keys again under "resumes".
-ENVIRONMENT_KEYS = ("device", "code", "versions", "platform", "git", "lock_files")
+ENVIRONMENT_KEYS = ("device", "gpu", "code", "versions", "platform", "git", "lock_files")
 
 
 def start_environment(manifest: dict) -> dict:

@@ -2,18 +2,29 @@
 
     image_classifier_reproduce experiments/local_exp_test/run_1
 
-The new run goes next to the recorded one as `<run>-repro-<n>`. Exit code 0: model.pth is byte-identical
-and the metrics are equal (wall-clock seconds aside); 1: something differed, and what changed in the
-environment (versions, platform, data, lock files, code) is listed to explain it.
+The new run goes next to the recorded one as `<run>-repro-<n>`, with what the recorded run used: its
+arguments, device type and thread count; its job size (a torchrun run is re-run under torchrun with as many
+processes, or reproduce says why it cannot); and for a run of an older version, what that version did where
+an option did not exist yet, not today's default. Exit code 0: model.pth is byte-identical (for a run that
+another version wrote, whose file layout may differ: the same weights) and the metrics the run recorded are
+equal (wall-clock seconds aside); 1: something differed, and what changed in the environment (versions,
+platform, GPU, data, lock files, code) is listed to explain it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import shlex
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import image_classifier
 from image_classifier.cli import (
+    PASSWORD_ENV,
     ArgumentParser,
     add_password_option,
     add_verbose_option,
@@ -23,11 +34,27 @@ from image_classifier.cli import (
 )
 from image_classifier.config import TrainConfig
 from image_classifier.data.database import Secret
-from image_classifier.errors import UserError
+from image_classifier.errors import DistributedRunError, UserError
+from image_classifier.main import arguments_for
 from image_classifier.manifest import differences, start_environment
 from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
+from image_classifier.tracking.uri import TRACKING_URI_ENV
+
+logger = logging.getLogger(__name__)
 
 TIMING_FIELDS = ("seconds", "images_per_second")  # wall-clock measurements, different in every run
+
+# Options that appeared after version 1.0.0 (`git log -p -- image_classifier/config.py`), with what runs did
+# before each existed: a run.json without one of them ran that way, whatever today's default is.
+BEFORE_THE_OPTION: dict[str, Callable[[dict], object]] = {
+    "eval_batch_size": lambda arguments: arguments["batch_size"],  # evaluation took the training batch size
+    "channels_last": lambda arguments: False,  # images and weights in the contiguous layout
+    "amp": lambda arguments: False,  # float32 throughout
+    "num_threads": lambda arguments: 0,  # any value: the count recorded under "determinism" replaces it
+    "force": lambda arguments: False,
+    "pretrained_model_uri": lambda arguments: None,  # the file was given as a path
+    "pretrained_model_version": lambda arguments: None,
+}
 
 
 def build_parser() -> ArgumentParser:
@@ -59,8 +86,26 @@ def _without_timing(metrics: dict) -> dict:
     return {**metrics, "history": history}
 
 
+def _as_recorded(metrics: dict, recorded: dict) -> dict:
+    """`metrics` cut down to the keys `recorded` has: an older version recorded fewer metrics."""
+    history, recorded_history = metrics.get("history", []), recorded.get("history", [])
+    entries = [{key: entry.get(key) for key in was} for entry, was in zip(history, recorded_history)]
+    cut = {key: metrics.get(key) for key in recorded}
+    if "history" in recorded:
+        cut["history"] = entries + history[len(recorded_history) :]  # more epochs than recorded: a difference
+    return cut
+
+
+def unrecorded_metrics(recorded: dict, reproduced: dict) -> list[str]:
+    """What the re-run measured that the recorded run did not (so it cannot be compared)."""
+    in_history = {key for entry in reproduced.get("history", []) for key in entry}
+    in_history -= {key for entry in recorded.get("history", []) for key in entry} | set(TIMING_FIELDS)
+    return sorted(reproduced.keys() - recorded.keys()) + [f"history.{key}" for key in sorted(in_history)]
+
+
 def metric_differences(recorded: dict, reproduced: dict) -> list[str]:
-    recorded, reproduced = _without_timing(recorded), _without_timing(reproduced)
+    recorded = _without_timing(recorded)
+    reproduced = _as_recorded(_without_timing(reproduced), recorded)
     return [
         f"{key}: {recorded.get(key)!r} -> {reproduced.get(key)!r}"
         for key in sorted(recorded.keys() | reproduced.keys())
@@ -73,8 +118,10 @@ def environment_differences(recorded: dict, reproduced: dict) -> list[str]:
     sections = ("dataset", "determinism", "pretrained_model")
     before = {**start_environment(recorded), **{key: recorded.get(key) for key in sections}}
     after = {**start_environment(reproduced), **{key: reproduced.get(key) for key in sections}}
-    # Paths differ with the directory a run is started from; the files' hashes are what count.
-    return differences(before, after, ignore=("dataset.folder", "pretrained_model.path"))
+    # Paths differ with the directory a run is started from, and a re-run starts from the pretrained file
+    # itself, not from the registry name that found it: the files' hashes are what count.
+    ignore = ("dataset.folder", "pretrained_model.path", "pretrained_model.uri", "pretrained_model.version")
+    return differences(before, after, ignore=ignore)
 
 
 def origin_directory(run_dir: Path, experiments_folder: Path) -> Path:
@@ -102,6 +149,98 @@ def _check_pretrained_unchanged(path: Path | None, record: dict | None) -> None:
         )
 
 
+def recorded_config(manifest: dict) -> TrainConfig:
+    """The run's arguments as its version understood them: an option it did not have yet is given the
+    behaviour it had (BEFORE_THE_OPTION), never today's default."""
+    arguments = manifest.get("arguments")
+    if not isinstance(arguments, dict):
+        raise UserError("run.json records no arguments: the file is damaged")
+    arguments = dict(arguments)
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    version = (manifest.get("versions") or {}).get("image_classifier", "unknown")
+    newer = sorted(arguments.keys() - fields)
+    if newer:
+        raise UserError(
+            f"the run was made by version {version} with options this version ({image_classifier.__version__}) "
+            f"does not have: {', '.join(newer)}; reproduce it with that version"
+        )
+    unknown = sorted(fields - arguments.keys() - BEFORE_THE_OPTION.keys())
+    if unknown:
+        raise UserError(
+            f"run.json records no {', '.join(unknown)}: without them, what the run did cannot be known "
+            f"(version {version}, or a damaged file)"
+        )
+    for name in sorted(fields - arguments.keys()):
+        arguments[name] = BEFORE_THE_OPTION[name](arguments)
+    return TrainConfig.from_dict(arguments)
+
+
+def torchrun_command(config: TrainConfig, world_size: int) -> list[str]:
+    """One machine's torchrun job of `world_size` processes running the trainer with `config`."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world_size)]
+    return [*launcher, "-m", "image_classifier.main", *arguments_for(config)]
+
+
+def check_devices_for(config: TrainConfig, world_size: int, gpus_here: int) -> None:
+    """A torchrun job on GPUs takes one GPU per process: refuse plainly where there are too few."""
+    if world_size == 1 or not config.device.startswith("cuda") or gpus_here >= world_size:
+        return
+    arguments = shlex.join(["-m", "image_classifier.main", *arguments_for(config)])
+    raise UserError(
+        f"the run was trained by {world_size} torchrun processes, one GPU each, and this machine has {gpus_here} "
+        f"GPU(s): the same job size is needed for the same bytes, so reproduce it where {world_size} GPUs are "
+        f"(across several machines: torchrun --nnodes ... --nproc_per_node ... {arguments}, then compare "
+        "model.pth's sha256 with the run's)"
+    )
+
+
+def _run(config: TrainConfig, world_size: int, password: Secret) -> Path:
+    """Train `config` with `world_size` processes; return the new run's folder."""
+    if world_size == 1:
+        # Imported here so that --help and usage errors answer at once, without loading torch.
+        from image_classifier.trainer import run_training
+
+        return run_training(config, password)
+    import torch
+
+    check_devices_for(config, world_size, torch.cuda.device_count())
+    command = torchrun_command(config, world_size)
+    logger.info("re-running with %d processes: %s", world_size, shlex.join(command))
+    # The password goes in the environment, never on a command line (other users can read those). A
+    # re-run is not logged to MLflow, in one process or under torchrun. The trainer's stdout holds only
+    # "run written to ..."; its log and errors go to stderr, shown as they come.
+    environment = {key: value for key, value in os.environ.items() if key != TRACKING_URI_ENV}
+    environment[PASSWORD_ENV] = password.reveal()
+    finished = subprocess.run(command, env=environment, stdout=subprocess.DEVNULL, check=False)
+    if finished.returncode != 0:
+        raise DistributedRunError(
+            f"the re-run under torchrun failed (exit code {finished.returncode}); its error is above"
+        )
+    return config.run_dir
+
+
+def _load_weights(path: Path) -> dict | None:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a state_dict (damaged): it cannot hold the same weights
+        return None
+
+
+def same_weights(first: Path, second: Path) -> bool:
+    """Whether two model files hold the same tensors bit for bit, whatever their file layout."""
+    a, b = _load_weights(first), _load_weights(second)
+    if not isinstance(a, dict) or not isinstance(b, dict) or list(a) != list(b):
+        return False
+    return all(
+        a[name].dtype == b[name].dtype
+        and a[name].shape == b[name].shape
+        and a[name].contiguous().numpy().tobytes() == b[name].contiguous().numpy().tobytes()
+        for name in a
+    )
+
+
 def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = None) -> tuple[Path, bool, list[str]]:
     """Re-run `run_dir`; return the new run directory, whether it matched, and the report's lines."""
     run_dir = run_dir.resolve()  # "." or "run_1" from inside the experiment folder name the run too
@@ -110,10 +249,16 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
     manifest = read_json(run_dir / RUN_FILE)
     if manifest.get("status") != "completed":
         raise UserError(f"{run_dir} did not complete (status {manifest.get('status')!r}); nothing to reproduce")
-    recorded = TrainConfig.from_dict(manifest["arguments"])
+    recorded = recorded_config(manifest)
     origin = origin_directory(run_dir, recorded.experiments_folder)
     pretrained = origin / recorded.pretrained_model if recorded.pretrained_model is not None else None
     _check_pretrained_unchanged(pretrained, manifest.get("pretrained_model"))
+    world_size = manifest.get("world_size", 1)  # runs from before torchrun support: one process
+    device = manifest.get("device", recorded.device)
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        raise UserError(f"run.json's world_size {world_size!r} is not a number of processes: the file is damaged")
+    if not isinstance(device, str):
+        raise UserError(f"run.json's device {device!r} is not a device: the file is damaged")
     config = dataclasses.replace(
         recorded,
         experiments_folder=run_dir.parent.parent,
@@ -121,26 +266,40 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
         run_name=next_repro_name(run_dir),
         dataset_folder=dataset_folder or origin / recorded.dataset_folder,
         pretrained_model=pretrained,
-        device=manifest.get("device", recorded.device),  # the device it ran on, not "auto"
+        # The type of device it ran on, not "auto"; any index, as a GPU of the same model gives the same bytes
+        # (under torchrun each process takes its own).
+        device=device.partition(":")[0],
         # CPU kernels split reductions by thread; the same count gives the same order of additions.
         num_threads=manifest["determinism"]["torch_num_threads"],
         resume=False,
     )
-    # Imported here so that --help and usage errors answer at once, without loading torch.
-    from image_classifier.trainer import run_training
-
-    new_dir = run_training(config, password)
+    new_dir = _run(config, world_size, password)
 
     recorded_hash, new_hash = sha256_of(run_dir / MODEL_FILE), sha256_of(new_dir / MODEL_FILE)
-    metric_changes = metric_differences(read_json(run_dir / METRICS_FILE), read_json(new_dir / METRICS_FILE))
-    environment_changes = environment_differences(manifest, read_json(new_dir / RUN_FILE))
-    matched = recorded_hash == new_hash and not metric_changes
+    recorded_metrics, new_metrics = read_json(run_dir / METRICS_FILE), read_json(new_dir / METRICS_FILE)
+    metric_changes = metric_differences(recorded_metrics, new_metrics)
+    new_manifest = read_json(new_dir / RUN_FILE)
+    environment_changes = environment_differences(manifest, new_manifest)
+    # Another version may lay the same weights out differently in the file (version 1.0.0 pickled the
+    # state_dict's metadata too): there the weights are what must match, here every byte.
+    version = (manifest.get("versions") or {}).get("image_classifier")
+    other_version = version != new_manifest["versions"]["image_classifier"]
+    if recorded_hash == new_hash:
+        model_line, model_matched = "model.pth: identical", True
+    elif other_version and same_weights(run_dir / MODEL_FILE, new_dir / MODEL_FILE):
+        model_line, model_matched = f"model.pth: same weights (a file laid out by version {version})", True
+    else:
+        model_line, model_matched = "model.pth: DIFFERENT", False
+    unrecorded = unrecorded_metrics(recorded_metrics, new_metrics)
+    matched = model_matched and not metric_changes
     lines = [
         f"recorded   model.pth sha256 {recorded_hash}  {run_dir}",
         f"reproduced model.pth sha256 {new_hash}  {new_dir}",
-        "model.pth: identical" if recorded_hash == new_hash else "model.pth: DIFFERENT",
+        *([f"re-run by {world_size} torchrun processes, as recorded"] if world_size > 1 else []),
+        model_line,
         "metrics: identical" if not metric_changes else "metrics: DIFFERENT",
         *(f"  {line}" for line in metric_changes),
+        *([f"  not recorded by version {version}: {', '.join(unrecorded)}"] if unrecorded else []),
         "environment: unchanged" if not environment_changes else "environment: changed",
         *(f"  {line}" for line in environment_changes),
         "REPRODUCED" if matched else "NOT REPRODUCED",

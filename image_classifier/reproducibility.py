@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,11 @@ import image_classifier
 # Written by requirements/requirements-*.sh next to the environment it installed into: which lock file
 # the environment came from, so that run.json can name it.
 LOCK_RECORD_FILE = "image-classifier-lock.sha256"
+
+# The NVIDIA kernel module's own report ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  ..."),
+# the driver version nvidia-smi shows; PyTorch has no call for it.
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+_DRIVER_VERSION = re.compile(r"Kernel Module\b[^\n]*?\s(\d+(?:\.\d+)+)\s")
 
 
 def seed_everything(seed: int) -> None:
@@ -123,6 +129,22 @@ def code_sha256() -> str:
         if path.suffix in (".py", ".yaml") and path.name != "_version.py":
             digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def nvidia_driver_version(report: Path = NVIDIA_DRIVER_FILE) -> str | None:
+    """The NVIDIA driver's version (e.g. "550.54.15"), or None where the kernel module does not say."""
+    try:
+        match = _DRIVER_VERSION.search(report.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+    return match[1] if match else None
+
+
+def gpu_facts(device: torch.device) -> dict | None:
+    """The GPU a process computes on: its model, which changes a run's bytes, and the driver; None on CPU."""
+    if device.type != "cuda":
+        return None
+    return {"name": torch.cuda.get_device_name(device), "driver": nvidia_driver_version()}
 
 
 def _lock_file_record() -> dict | None:

@@ -9,7 +9,8 @@ into a staging directory (`<run>.incomplete~staging-<pid>`) that is then renamed
 resumes the run holds an advisory lock (`flock`) on that directory until the run finishes or fails (or the
 process ends, SIGKILL included), so a second process (a scheduler restarting a job that still runs) is
 refused instead of writing beside it. Readers (`image_classifier_runs list`) find out whether a run is held
-without ever taking its lock: a writer never fails because somebody was listing.
+from /proc/locks, and where that cannot tell (a holder in another pid namespace is left out of it) by trying
+a shared lock for an instant, which a writer waits out: a writer never fails because somebody was listing.
 
 `flock` is per machine on network file systems (NFS with `local_lock`, CIFS/SMB, most FUSE file systems):
 there a run directory gets a warning that a second process on another host is not excluded.
@@ -143,8 +144,11 @@ def lock_directory(directory: Path) -> DirectoryLock | None:
 
 
 def _listed_locks(directory: Path) -> bool | None:
-    """Whether the kernel lists a lock on `directory` in /proc/locks (None where there is no such file):
-    the way to ask without taking the lock, which could make a writer starting at that instant fail."""
+    """Whether the kernel lists a lock on `directory` in /proc/locks (None where there is no such file).
+
+    A listed lock is held; an unlisted one may be held all the same: /proc/locks leaves out the locks of
+    processes that its pid namespace cannot see (a trainer in another container, seen from this one).
+    """
     try:
         table = PROC_LOCKS.read_text(encoding="ascii", errors="replace")
     except OSError:
@@ -157,11 +161,15 @@ def _listed_locks(directory: Path) -> bool | None:
 
 
 def is_locked(directory: Path) -> bool:
-    """Whether a live process holds `directory`'s lock (runs in it) right now; never takes that lock where
-    the kernel can be asked (Linux), else probes with a shared lock for an instant."""
-    listed = _listed_locks(directory)
-    if listed is not None:
-        return listed
+    """Whether a live process holds `directory`'s lock (runs in it) right now, in any pid namespace.
+
+    A lock that /proc/locks lists is answered without touching it. Otherwise (not listed, which proves
+    nothing across pid namespaces, or no /proc/locks) a shared lock is tried and let go at once: the
+    flock itself is the same for every namespace, and a writer starting at that instant retries for
+    LOCK_RETRY_SECONDS (see lock_directory), so the probe never makes it fail.
+    """
+    if _listed_locks(directory):
+        return True
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -239,6 +247,7 @@ class RunDirectory:
 
     def check_can_start(self) -> None:
         if self.final_dir.exists():
+            self._remove_spare_checkpoint()
             raise RunDirectoryError(f"run directory {self.final_dir} already exists; choose another --run_name")
         if self.work_dir.exists():
             if is_locked(self.work_dir):
@@ -250,6 +259,7 @@ class RunDirectory:
     def open_for_resume(self) -> dict:
         """Lock the unfinished run and return its checkpoint."""
         if self.final_dir.exists():
+            self._remove_spare_checkpoint()
             raise RunDirectoryError(
                 f"run {self.final_dir} is complete; a completed run cannot be resumed or overwritten"
             )
@@ -266,6 +276,22 @@ class RunDirectory:
             self.release()
             raise
 
+    def _remove_spare_checkpoint(self) -> None:
+        """Drop the checkpoint a run killed between its final rename and the checkpoint's removal left in its
+        completed folder (see `finish`), so that running the same command again leaves exactly its outputs.
+        Only once no process holds the folder (the publisher keeps its lock across the rename) and its
+        run.json says completed."""
+        spare = self.final_dir / CHECKPOINT_FILE
+        if not spare.is_file() or is_locked(self.final_dir):
+            return
+        try:
+            completed = read_json(self.final_dir / RUN_FILE).get("status") == "completed"
+        except (OSError, ValueError, AttributeError):
+            return
+        if completed:
+            spare.unlink(missing_ok=True)
+            logger.info("removed the spare checkpoint of completed run %s", self.final_dir)
+
     def create(self, checkpoint: dict, manifest: dict) -> None:
         """Make the unfinished run directory, locked, with its first checkpoint and run.json already inside."""
         parent = self.work_dir.parent
@@ -278,9 +304,14 @@ class RunDirectory:
             raise RunDirectoryError(f"cannot create {self.work_dir}: {exc.strerror}") from None
         warn_if_lock_is_local(parent, "this run")
         self.release()
-        self._lock = lock_directory(staging)
         try:
-            if self._lock is None:  # a second start of this run took it for an abandoned one
+            # Between mkdir and this lock the folder is unlocked: a second start of this run may take it for
+            # an abandoned one, and lock it (None here) or have removed it already (FileNotFoundError).
+            try:
+                self._lock = lock_directory(staging)
+            except FileNotFoundError:
+                self._lock = None
+            if self._lock is None:
                 raise RunDirectoryError(f"another process started {self.work_dir} at the same time")
             try:
                 self._save_checkpoint_in(staging, checkpoint)
@@ -345,8 +376,9 @@ class RunDirectory:
     def finish(self) -> Path:
         """Publish the run under its final name in one rename, drop the checkpoint, release the lock.
 
-        In this order a kill in between leaves a complete run with a spare checkpoint, never an unfinished
-        directory without one (which could neither be resumed nor restarted).
+        In this order a kill in between leaves a complete run with a spare checkpoint (which the next start
+        or resume of the same run removes), never an unfinished directory without one (which could neither
+        be resumed nor restarted).
         """
         _fsync_path(self.work_dir)  # the outputs' renames inside it reach the disk before it is published
         os.replace(self.work_dir, self.final_dir)

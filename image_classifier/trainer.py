@@ -24,12 +24,21 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from image_classifier.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_arguments,
+    check_dataset,
+    check_environment,
+    check_format,
+    check_world_size,
+    started_config,
+)
 from image_classifier.config import TrainConfig
 from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches, prepare_split
 from image_classifier.data.database import Secret, load_settings
 from image_classifier.distributed import Runtime, runtime_for, weights_digest
-from image_classifier.errors import DistributedRunError, RunDirectoryError, TrainingInterrupted
-from image_classifier.manifest import differences, last_environment
+from image_classifier.errors import DistributedRunError, TrainingInterrupted
+from image_classifier.manifest import last_environment
 from image_classifier.model.model import build_model, load_weights, read_state_dict
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
@@ -37,6 +46,7 @@ from image_classifier.reproducibility import (
     capture_rng_state,
     configure_determinism,
     environment_facts,
+    gpu_facts,
     restore_rng_state,
     seed_everything,
 )
@@ -54,12 +64,6 @@ from image_classifier.tracking.run_logger import open_run_logger
 from image_classifier.visualization.plot import plot_confusion_matrix, plot_curves, plot_metrics
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 2
-
-# What --resume refuses to mix into one run (unless --force): each changes the bytes the run produces.
-# Other environment differences (CPU capability, platform, numpy...) are recorded and warned about.
-RESUME_MUST_MATCH = ("device", "versions.torch", "code.sha256")
 
 # Below this batch size a new run trains on one CPU thread, from it on every core. On the README's quiet
 # 2-core machine 2 threads trained 1.7-1.8x faster than 1 at batch 128 and 512, and 13 % slower at batch 4
@@ -289,47 +293,9 @@ class TrainingSession:
             raise TrainingInterrupted(stop.received, self.run_dir.work_dir)
 
 
-def _check_resume_arguments(checkpoint: dict, config: TrainConfig) -> None:
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirectoryError(
-            f"the checkpoint's format {checkpoint.get('format')} is not {CHECKPOINT_FORMAT}: it was written by "
-            "another version of the trainer; delete the unfinished run folder to start again"
-        )
-    recorded, given = checkpoint["config"], config.result_fields()
-    differing = sorted(key for key in recorded.keys() | given.keys() if recorded.get(key) != given.get(key))
-    if differing:
-        details = ", ".join(f"{key}: {recorded.get(key)!r} then, {given.get(key)!r} now" for key in differing)
-        raise RunDirectoryError(f"--resume needs the interrupted run's arguments; these differ: {details}")
-
-
-def _check_resume_world_size(checkpoint: dict, runtime: Runtime) -> None:
-    started_with = checkpoint.get("world_size", 1)  # checkpoints from before torchrun support: one process
-    if started_with != runtime.world_size:
-        raise RunDirectoryError(
-            f"the run was started by {started_with} process(es) and is resumed by {runtime.world_size}: each "
-            f"process trains its own shard, so resume with the same number (torchrun --nproc_per_node "
-            f"{started_with} across all nodes, or no torchrun for 1)"
-        )
-
-
 def run_environment(device: torch.device) -> dict:
-    """Where the run's bytes come from besides data and arguments: device, code, versions, platform."""
-    return {"device": str(device), **environment_facts()}
-
-
-def _check_resume_environment(manifest: dict, environment: dict, force: bool) -> list[str]:
-    """Compare with the environment that wrote the checkpoint; return the differences --force let through."""
-    changes = differences(last_environment(manifest), environment)
-    blocking = [line for line in changes if line.split(":")[0] in RESUME_MUST_MATCH]
-    if blocking and not force:
-        raise RunDirectoryError(
-            "--resume would continue this run with other results than it started with: "
-            + "; ".join(blocking)
-            + ". Resume where it ran, or add --force to continue anyway (recorded in run.json)"
-        )
-    if changes:
-        logger.warning("resuming in another environment: %s", "; ".join(changes))
-    return blocking
+    """Where the run's bytes come from besides data and arguments: device, GPU, code, versions, platform."""
+    return {"device": str(device), "gpu": gpu_facts(device), **environment_facts()}
 
 
 def _pretrained_record(config: TrainConfig) -> dict | None:
@@ -377,7 +343,9 @@ def _start(session: TrainingSession, pretrained: dict | None, environment: dict,
 
 def _resume(session: TrainingSession, checkpoint: dict, environment: dict) -> RunState:
     state = session.restore(checkpoint)
-    forced = _check_resume_environment(state.manifest, environment, session.config.force)
+    changes, forced = check_environment(last_environment(state.manifest), environment, session.config.force)
+    if changes:
+        logger.warning("resuming in another environment: %s", "; ".join(changes))
     state.manifest["resumes"].append({"at": _now(), "environment": environment, "forced": forced})
     logger.info("resuming at epoch %d, step %d", state.progress.epoch, state.progress.step)
     return state
@@ -399,8 +367,10 @@ def _open_checkpoint(config: TrainConfig, run_dir: RunDirectory, runtime: Runtim
     if runtime.is_main_process():
         if config.resume:
             checkpoint = run_dir.open_for_resume()  # locks the unfinished run for this process
-            _check_resume_arguments(checkpoint, config)
-            _check_resume_world_size(checkpoint, runtime)
+            check_format(checkpoint)
+            check_arguments(checkpoint["config"], config.result_fields())
+            # Checkpoints from before torchrun support were written by one process.
+            check_world_size(checkpoint.get("world_size", 1), runtime.world_size)
         else:
             run_dir.check_can_start()  # before any work: a refused run touches nothing
             checkpoint = None
@@ -424,7 +394,11 @@ def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | N
 
     With `tracking_uri`, the run is also logged to that MLflow server; the server can never stop the run.
     """
-    config = resolve_pretrained_model(config, tracking_uri)  # models:/... names a file, checked by sha256
+    if not config.resume:  # a resumed run goes on from the version its checkpoint recorded (checkpoint.py)
+        config = resolve_pretrained_model(config, tracking_uri)  # models:/... names a file, checked by sha256
+    # A run sets its own thread count (see _train); the caller's comes back at the end, so that the next run
+    # in this process (a notebook, reproduce) starts from torch's count for every core, not from this run's.
+    threads = torch.get_num_threads()
     with runtime_for(config.device) as runtime:
         try:
             return _train(config, db_password, runtime, tracking_uri)
@@ -436,6 +410,8 @@ def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | N
                 f"another process of this torchrun job failed ({first_line}); torchrun names it. The run stays "
                 f"unfinished in {RunDirectory(config.run_dir).work_dir}: run the same torchrun command with --resume"
             ) from exc
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _lost_a_peer(exc: RuntimeError) -> bool:
@@ -456,6 +432,8 @@ def _train_in(
 ) -> Path:
     main_process = runtime.is_main_process()
     checkpoint = _open_checkpoint(config, run_dir, runtime)
+    if checkpoint is not None:
+        config = started_config(config, checkpoint["config"])
     # CPU kernels split their sums by thread: a resumed run finishes with the count it started with.
     torch.set_num_threads(checkpoint["torch_num_threads"] if checkpoint else torch_threads_for(config))
     device = runtime.device
@@ -465,8 +443,8 @@ def _train_in(
         pretrained = read_state_dict(config.pretrained_model, device)
 
     data = get_train_test_data(config.dataset_folder, load_settings(), db_password)
-    if checkpoint is not None and checkpoint["dataset_sha256"] != data.file_sha256:
-        raise RunDirectoryError(f"the dataset in {config.dataset_folder} changed since the interrupted run")
+    if checkpoint is not None:
+        check_dataset(checkpoint["dataset_sha256"], data.file_sha256, config.dataset_folder)
 
     data = dataclasses.replace(
         data,

@@ -52,12 +52,18 @@ def trainer_args(dataset: Path, experiments: Path, run_name: str = "r", *extra: 
     ]
 
 
-def run_command(args: list[str], cwd: Path | None = None, password: str | None = PASSWORD, env: dict | None = None):
+def run_command(
+    args: list[str],
+    cwd: Path | None = None,
+    password: str | None = PASSWORD,
+    env: dict | None = None,
+    timeout: float = 600,
+):
     environment = {k: v for k, v in os.environ.items() if k != "DB_PASSWORD"}
     if password is not None:
         environment["DB_PASSWORD"] = password
     environment.update(env or {})
-    return subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
+    return subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
 def run_trainer(*args: str, cwd: Path | None = None, password: str | None = PASSWORD, env: dict | None = None):

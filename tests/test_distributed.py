@@ -5,13 +5,14 @@ this environment's interpreter, so the launcher and every process it starts run 
 """
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from image_classifier.reproduce import TIMING_FIELDS
-from tests.conftest import REPO_ROOT, run_command, run_trainer, trainer_args
+from tests.conftest import PASSWORD, REPO_ROOT, command, run_command, run_trainer, trainer_args
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +87,15 @@ def test_a_killed_process_fails_the_run_which_resumes_to_the_same_bytes(dataset,
         {k: v for k, v in entry.items() if k not in TIMING_FIELDS} for entry in metrics_of(reference)["history"]
     ]
     assert history == expected
+
+
+def test_reproduce_re_runs_a_torchrun_run_with_its_world_size(two_process_run, tmp_path):
+    recorded, _ = two_process_run
+    copy = tmp_path / "experiments" / "e" / "ddp"  # a copy: the shared run stays as it is
+    shutil.copytree(recorded, copy)
+    result = run_command([command("image_classifier_reproduce"), str(copy)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "re-run by 2 torchrun processes, as recorded" in result.stdout and "REPRODUCED" in result.stdout
+    assert "model.pth: identical" in result.stdout and "environment: unchanged" in result.stdout
+    assert json.loads((copy.parent / "ddp-repro-1" / "run.json").read_text())["world_size"] == 2
+    assert PASSWORD not in result.stdout + result.stderr  # it reached the processes through their environment

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from image_classifier.main import build_parser, config_from_args, main
+from image_classifier.config import TrainConfig
+from image_classifier.main import arguments_for, build_parser, config_from_args, main
 from image_classifier.model.model import Net
 from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, run_trainer, trainer_args
 
@@ -264,8 +267,10 @@ def test_bad_pretrained_model_is_one_line_error_and_leaves_nothing(dataset, tmp_
 def test_speed_options_run_and_are_recorded(dataset, tmp_path):
     """--amp (bf16 autocast, correct on the CPU too), contiguous layout, own eval batch size, thread count."""
     speed = ["--amp", "--no-channels_last", "--eval_batch_size", "7", "--num_threads", "1", "--num_epochs", "1"]
+    torch.set_num_threads(3)
     code = main([*trainer_args(dataset, tmp_path, "r"), *speed, "--db_pass", PASSWORD])
     assert code == 0
+    assert torch.get_num_threads() == 3  # the caller's count back: the next run in this process starts from it
     run_dir = tmp_path / "e" / "r"
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["arguments"]["amp"] is True and manifest["arguments"]["channels_last"] is False
@@ -280,3 +285,37 @@ def test_a_channels_last_run_saves_the_notebook_layout(dataset, tmp_path):
     assert code == 0
     state_dict = torch.load(tmp_path / "e" / "r" / "model.pth", weights_only=True)
     assert all(tensor.is_contiguous() for tensor in state_dict.values())
+
+
+_paths = st.lists(st.sampled_from(["a", "b b", "ü", "-x", "data"]), min_size=1, max_size=3).map(lambda p: Path(*p))
+
+
+@given(
+    values=st.fixed_dictionaries(
+        {
+            "learning_rate": st.floats(min_value=1e-12, max_value=1e6),
+            "momentum": st.floats(min_value=0, max_value=1, exclude_max=True),
+            "num_epochs": st.integers(0, 100),
+            "batch_size": st.integers(1, 4096),
+            "eval_batch_size": st.integers(1, 4096),
+            "num_threads": st.integers(0, 64),
+            "channels_last": st.booleans(),
+            "amp": st.booleans(),
+            "deterministic": st.booleans(),
+            "checkpoint_every": st.integers(0, 1000),
+            "seed": st.integers(0, 2**32 - 1),
+            "device": st.sampled_from(["auto", "cpu", "cuda", "cuda:3"]),
+            "resume": st.booleans(),
+            "verbose": st.booleans(),
+            "experiments_folder": _paths,
+            "dataset_folder": _paths,
+            "pretrained_model": st.none() | _paths.map(lambda path: Path("/models") / path),
+        }
+    )
+)
+def test_arguments_for_a_config_give_that_config_back(values):
+    """What reproduce hands to torchrun: the trainer's own options, read back into the same TrainConfig."""
+    config = TrainConfig("e", "r", **values)
+    arguments = arguments_for(config)
+    assert "--db_pass" not in arguments
+    assert config_from_args(build_parser().parse_args(arguments)) == config

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from image_classifier.data.synthetic import generate_dataset
 from image_classifier.reproduce import environment_differences, metric_differences
-from tests.conftest import REPO_ROOT, command, run_command, run_trainer, trainer_args
+from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, command, run_command, run_trainer, trainer_args
 
 pytestmark = pytest.mark.slow
 
@@ -121,9 +122,39 @@ def test_a_kill_at_any_instant_leaves_a_run_that_restarts_or_resumes_to_the_same
         assert point == "published"
     else:
         assert again.returncode == 0, again.stderr
-    assert_same_run(tmp_path / "e" / "crashed", reference)
-    assert json.loads((tmp_path / "e" / "crashed" / "run.json").read_text())["status"] == "completed"
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["crashed"]  # no leftovers
+    assert_run_complete_without_leftovers(tmp_path / "e" / "crashed", reference)
+
+
+def assert_run_complete_without_leftovers(run_dir: Path, reference: Path) -> None:
+    assert_same_run(run_dir, reference)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    assert sorted(p.name for p in run_dir.iterdir()) == RUN_FILES  # hidden temporary files included
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == [run_dir.name]
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "torn:checkpoint.pt:1:1000",  # the first checkpoint, in the staging folder
+        "torn:checkpoint.pt:3:100000",  # the checkpoint after epoch 1's evaluation, half written
+        "torn:checkpoint.pt:5:100000",  # the last checkpoint: nothing writes one after it
+        "torn:run.json:2:500",  # run.json as the run starts
+        "torn:model.pth:1:100000",  # model.pth, written under its own name
+        "torn:metrics.json:1:10",
+        "torn:run.json:3:500",  # the final run.json
+    ],
+)
+def test_a_kill_inside_a_write_leaves_a_run_that_restarts_or_resumes_to_the_same_bytes(
+    dataset, tmp_path, reference, point
+):
+    args = trainer_args(dataset, tmp_path, "crashed")
+    killed = run_with_fault("KILL", point, *args)
+    assert killed.returncode == -9, killed.stderr
+    again = run_trainer(*args)  # what a user does next: run it again, and resume it if told to
+    if again.returncode != 0 and "continue it with --resume" in again.stderr:
+        again = run_trainer(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert_run_complete_without_leftovers(tmp_path / "e" / "crashed", reference)
 
 
 def _wait_until_stopped(process: subprocess.Popen, timeout: float = 300) -> None:
@@ -172,14 +203,22 @@ def test_resume_refuses_another_device_torch_or_code_unless_forced(dataset, tmp_
 
     def as_if_elsewhere(manifest: dict) -> None:
         manifest["device"] = "cuda:0"
+        manifest["gpu"] = {"name": "NVIDIA H200", "driver": "570.86.15"}
         manifest["versions"]["torch"] = "2.0.0"
         manifest["code"]["sha256"] = "0" * 64
         manifest["platform"]["cpu_capability"] = "AVX2"
 
+    assert json.loads((tmp_path / "e" / "moved.incomplete" / "run.json").read_text())["gpu"] is None  # a CPU run
     _tamper_checkpoint(tmp_path / "e" / "moved.incomplete", as_if_elsewhere)
     refused = run_trainer(*args, "--resume")
     assert refused.returncode == 1, refused.stderr
-    for named in ("device: 'cuda:0' -> 'cpu'", "versions.torch: '2.0.0'", "code.sha256: '0000", "--force"):
+    for named in (
+        "device: 'cuda' -> 'cpu'",  # compared by type: any cuda:<n> is a GPU
+        "gpu.name: 'NVIDIA H200' -> None",
+        "versions.torch: '2.0.0'",
+        "code.sha256: '0000",
+        "--force",
+    ):
         assert named in refused.stderr
     assert "cpu_capability" not in refused.stderr  # recorded and warned about, not a reason to refuse
 
@@ -188,8 +227,10 @@ def test_resume_refuses_another_device_torch_or_code_unless_forced(dataset, tmp_
     assert "cpu_capability: 'AVX2'" in forced.stderr  # the warning
     manifest = json.loads((tmp_path / "e" / "moved" / "run.json").read_text())
     (resume,) = manifest["resumes"]
-    assert [line.split(":")[0] for line in resume["forced"]] == ["code.sha256", "device", "versions.torch"]
+    forced_keys = [line.split(":")[0] for line in resume["forced"]]
+    assert forced_keys == ["code.sha256", "device", "gpu.name", "versions.torch"]
     assert resume["environment"]["device"] == "cpu" and manifest["device"] == "cuda:0"  # start record kept
+    assert resume["environment"]["gpu"] is None and manifest["gpu"]["name"] == "NVIDIA H200"
     assert resume["environment"]["platform"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
@@ -222,13 +263,53 @@ def test_resume_refusals(dataset, tmp_path):
     assert again.returncode == 1 and "cannot be resumed or overwritten" in again.stderr
 
 
+def test_resume_refuses_a_changed_dataset_and_continues_once_it_is_restored(dataset, tmp_path, reference):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    args = trainer_args(data, tmp_path, "r")
+    assert run_with_fault("KILL", "train:2:5", *args).returncode == -9
+    batch = data / "cifar-10-batches-py" / "data_batch_3"
+    original = batch.read_bytes()
+    payload = bytearray(original)
+    payload[-3000] ^= 0xFF  # one pixel's value
+    batch.write_bytes(bytes(payload))
+
+    refused = run_trainer(*args, "--resume")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"error: the dataset in {data} changed since the interrupted run (cifar-10-batches-py/data_batch_3 changed)"
+    )
+    assert not (tmp_path / "e" / "r").exists() and (tmp_path / "e" / "r.incomplete" / "checkpoint.pt").is_file()
+
+    batch.write_bytes(original)
+    resumed = run_trainer(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_run_complete_without_leftovers(tmp_path / "e" / "r", reference)
+
+
+@pytest.mark.parametrize("signal_name, point", [("KILL", "train:2:5"), ("TERM", "evaluate:2")])
+def test_an_unfinished_run_holds_no_secret(dataset, tmp_path, signal_name, point):
+    args = trainer_args(dataset, tmp_path, "r", "--checkpoint_every", "10")
+    stopped = run_with_fault(signal_name, point, *args)  # DB_PASSWORD is set: run_command sets PASSWORD
+    assert stopped.returncode in (-9, 143), stopped.stderr
+    work_dir = tmp_path / "e" / "r.incomplete"
+    files = sorted(p.name for p in work_dir.iterdir())
+    assert files == ["checkpoint.pt", "run.json"]
+    for name in files:
+        assert PASSWORD.encode() not in (work_dir / name).read_bytes(), name
+    assert PASSWORD not in stopped.stdout + stopped.stderr
+
+
 def test_reproduce_passes_on_a_fresh_run(reference):
     # Reproduce into a copy, so that the shared reference run stays as it is.
     copy = reference.parent.parent / "copy" / "e" / "reference"
     shutil.copytree(reference, copy)
-    result = run_command([command("image_classifier_reproduce"), str(copy)])
+    result = run_command([command("image_classifier_reproduce"), str(copy), "--verbose"])
     assert result.returncode == 0, result.stderr
     assert "REPRODUCED" in result.stdout and "environment: unchanged" in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr  # with --verbose's debug logging too
+    for path in (copy.parent / "reference-repro-1").iterdir():
+        assert PASSWORD.encode() not in path.read_bytes(), path
     digest = json.loads((copy / "run.json").read_text())["model_sha256"]
     assert result.stdout.count(digest) == 2
     assert (copy.parent / "reference-repro-1" / "model.pth").read_bytes() == (copy / "model.pth").read_bytes()
@@ -302,3 +383,41 @@ def test_difference_reports():
         "device: 'cuda:0' -> 'cpu'",
         "platform.cpu_capability: 'AVX2' -> 'AVX512'",
     ]
+
+
+OLDER_RUN = REPO_ROOT / "tests" / "fixtures" / "older_experiments" / "local_exp_test" / "run_1"
+
+
+def _as_if_written_by_version_1_0_0(run_dir: Path) -> None:
+    """Rewrite a run's run.json the way version 1.0.0 wrote it: without the options added since."""
+    manifest = json.loads((run_dir / "run.json").read_text())
+    known_then = json.loads((OLDER_RUN / "run.json").read_text())["arguments"]
+    manifest["arguments"] = {key: value for key, value in manifest["arguments"].items() if key in known_then}
+    manifest["versions"]["image_classifier"] = "1.0.0"
+    (run_dir / "run.json").write_text(json.dumps(manifest, indent=4))
+
+
+def test_version_1_0_0s_example_run_reproduces_today(tmp_path):
+    """The real thing: the run version 1.0.0 committed, re-run by today's code on its own sample dataset."""
+    generate_dataset(tmp_path / "data" / "sample_dataset", 5000, 1000, seed=0)  # make data's dataset
+    shutil.copytree(OLDER_RUN.parent.parent, tmp_path / "experiments")  # the run folder is never written to
+    # 2 epochs of 5,000 images at batch 4: about a minute on a quiet 2-core machine, ten on a busy one.
+    reproduce = [command("image_classifier_reproduce"), "experiments/local_exp_test/run_1"]
+    result = run_command(reproduce, cwd=tmp_path, timeout=3600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "model.pth: same weights (a file laid out by version 1.0.0)" in result.stdout
+    assert "metrics: identical" in result.stdout and "REPRODUCED" in result.stdout
+    assert "dataset" not in result.stdout  # the same dataset bytes as then
+
+
+def test_a_run_of_an_older_version_is_reproduced_with_that_versions_settings(dataset, tmp_path):
+    # What version 1.0.0 did, in today's options: contiguous tensors, evaluation at the training batch size.
+    then = ("--no-channels_last", "--eval_batch_size", "4", "--num_epochs", "1")
+    assert run_trainer(*trainer_args(dataset, tmp_path, "old", *then)).returncode == 0
+    _as_if_written_by_version_1_0_0(tmp_path / "e" / "old")
+
+    result = run_command([command("image_classifier_reproduce"), str(tmp_path / "e" / "old")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "REPRODUCED" in result.stdout and "model.pth: identical" in result.stdout
+    arguments = json.loads((tmp_path / "e" / "old-repro-1" / "run.json").read_text())["arguments"]
+    assert (arguments["channels_last"], arguments["eval_batch_size"], arguments["amp"]) == (False, 4, False)

@@ -1,6 +1,11 @@
 """What run.json records about the code and the environment."""
 
+import shutil
 import subprocess
+from pathlib import Path
+
+import pytest
+import torch
 
 import image_classifier
 from image_classifier import reproducibility
@@ -52,3 +57,67 @@ def test_lock_record_written_by_the_installers_is_read_back(tmp_path, monkeypatc
     assert reproducibility._lock_file_record() is None
     (tmp_path / reproducibility.LOCK_RECORD_FILE).write_text("ab12  requirements-cq.txt\ncd34  requirements-dev.txt\n")
     assert reproducibility._lock_file_record() == {"requirements-cq.txt": "ab12", "requirements-dev.txt": "cd34"}
+
+
+@pytest.mark.parametrize(
+    "report, version",
+    [
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+            "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n",
+            "535.104.05",
+        ),
+        (
+            "NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  570.86.15  Release Build  (dvs-builder)\n",
+            "570.86.15",
+        ),
+        ("something else entirely\n", None),
+    ],
+)
+def test_the_nvidia_driver_version_is_read_from_the_kernel_modules_report(tmp_path, report, version):
+    (tmp_path / "version").write_text(report)
+    assert reproducibility.nvidia_driver_version(tmp_path / "version") == version
+    assert reproducibility.nvidia_driver_version(tmp_path / "absent") is None
+
+
+def test_a_cpu_run_records_no_gpu():
+    assert reproducibility.gpu_facts(torch.device("cpu")) is None
+
+
+def test_code_sha256_changes_with_every_source_file_and_nothing_else(tmp_path, monkeypatch):
+    installed = reproducibility.code_sha256()
+    package = tmp_path / "site-packages" / "image_classifier"
+    shutil.copytree(Path(image_classifier.__file__).parent, package)
+    monkeypatch.setattr(image_classifier, "__file__", str(package / "__init__.py"))
+    assert reproducibility.code_sha256() == installed  # the same code anywhere: the same hash
+
+    def changed(edit, undo) -> bool:
+        edit()
+        after = reproducibility.code_sha256()
+        undo()
+        assert reproducibility.code_sha256() == installed
+        return after != installed
+
+    model, settings = package / "model" / "model.py", package / "data" / "db_connect.yaml"
+    for path in (model, settings):
+        text = path.read_text()
+        assert changed(lambda: path.write_text(text + "\n"), lambda: path.write_text(text)), path  # one byte
+    new_module = package / "model" / "extra.py"
+    assert changed(lambda: new_module.write_text(""), new_module.unlink)
+    assert changed(
+        lambda: model.rename(model.with_name("renamed.py")), lambda: model.with_name("renamed.py").rename(model)
+    )
+
+    # Not code: the build's version stamp, bytecode, other files.
+    version = package / "_version.py"
+    version_text = version.read_text() if version.exists() else None
+    for path, content in (
+        (version, "__version__ = '9'\n"),
+        (package / "__pycache__" / "x.pyc", "b"),
+        (package / "NOTES.md", "n"),
+    ):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(content)
+        assert reproducibility.code_sha256() == installed, path
+    if version_text is not None:
+        version.write_text(version_text)

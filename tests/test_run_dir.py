@@ -264,3 +264,79 @@ def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monk
         assert not is_locked(run_dir.work_dir)
         run_dir.finish()
     assert "does not support flock" in caplog.text
+
+
+def test_a_second_start_removing_our_staging_before_we_lock_it_is_one_clear_error(tmp_path, monkeypatch):
+    """Two starts of the same run: the second one's clean-up of abandoned staging folders runs between our
+    mkdir and our lock, sees an unlocked staging folder and removes it (its real code, with its own lock)."""
+    run_dir = RunDirectory(tmp_path / "e" / "r")
+    real_lock = run_dir_module.lock_directory
+
+    def other_start_cleans_up_first(directory):
+        monkeypatch.setattr(run_dir_module, "lock_directory", real_lock)  # the other start locks for real
+        RunDirectory(tmp_path / "e" / "r")._remove_abandoned_staging()
+        return real_lock(directory)
+
+    monkeypatch.setattr(run_dir_module, "lock_directory", other_start_cleans_up_first)
+    with pytest.raises(RunDirectoryError, match="another process started .* at the same time"):
+        run_dir.create({"step": 0}, {})
+    assert list((tmp_path / "e").iterdir()) == []
+    with RunDirectory(tmp_path / "e" / "r") as again:  # and the run can be started
+        again.create({"step": 0}, {})
+        again.finish()
+
+
+def test_a_run_held_by_a_process_that_proc_locks_leaves_out_is_still_running(tmp_path, monkeypatch):
+    """/proc/locks lists only the locks of processes its pid namespace can see: `runs list` in one container
+    sees an empty table while a trainer in another holds the run. The run is running, not "killed"."""
+    empty = tmp_path / "locks"
+    empty.write_text("")  # /proc/locks as read from another pid namespace
+    monkeypatch.setattr(run_dir_module, "PROC_LOCKS", empty)
+    with RunDirectory(tmp_path / "e" / "r") as run_dir:
+        run_dir.create({"step": 0}, {})
+        assert is_locked(run_dir.work_dir)
+    assert not is_locked(run_dir.work_dir)
+
+
+def test_a_run_held_from_another_pid_namespace_is_seen_as_running(tmp_path):
+    """The same with real namespaces: the lock is held here, asked about from a new pid namespace with its
+    own /proc (as `docker run` gives), where /proc/locks does not list it."""
+    ask = [
+        sys.executable,
+        "-c",
+        "import sys; from pathlib import Path; from image_classifier.run_dir import "
+        "is_locked; print(is_locked(Path(sys.argv[1])))",
+    ]
+    namespace = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if subprocess.run([*namespace, "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a pid namespace here (needs root or user namespaces)")
+    with RunDirectory(tmp_path / "e" / "r") as run_dir:
+        run_dir.create({"step": 0}, {})
+        hidden = subprocess.run([*namespace, "grep", "-c", "FLOCK", "/proc/locks"], capture_output=True, text=True)
+        assert hidden.stdout.strip() == "0"  # the kernel's table there leaves our lock out
+        answer = subprocess.run([*namespace, *ask, str(run_dir.work_dir)], capture_output=True, text=True)
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    "status, holder, removed", [("completed", False, True), ("running", False, False), ("completed", True, False)]
+)
+def test_the_spare_checkpoint_of_a_run_killed_after_publishing_goes_with_the_next_attempt(
+    tmp_path, status, holder, removed
+):
+    # What finish() leaves when killed between its rename and the checkpoint's removal.
+    final = tmp_path / "e" / "r"
+    final.mkdir(parents=True)
+    (final / "run.json").write_text(json.dumps({"status": status}))
+    (final / CHECKPOINT_FILE).write_bytes(b"spare")
+    holding = os.open(final, os.O_RDONLY | os.O_DIRECTORY)
+    if holder:  # the publisher itself, still alive between its rename and the removal
+        fcntl.flock(holding, fcntl.LOCK_EX)
+    try:
+        for attempt in (RunDirectory(final).check_can_start, RunDirectory(final).open_for_resume):
+            with pytest.raises(RunDirectoryError, match="already exists|is complete"):
+                attempt()
+            assert (final / CHECKPOINT_FILE).exists() is not removed
+    finally:
+        os.close(holding)

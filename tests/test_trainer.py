@@ -1,3 +1,7 @@
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +21,35 @@ def test_small_batches_train_on_one_thread(batch_size):
     assert torch_threads_for(config(batch_size=batch_size)) == 1
 
 
-def test_large_batches_use_every_thread_and_an_explicit_count_wins():
-    assert torch_threads_for(config(batch_size=SINGLE_THREAD_BELOW_BATCH)) == torch.get_num_threads()
-    assert torch_threads_for(config(batch_size=4, num_threads=3)) == 3
+_THREADS_IN_A_FRESH_PROCESS = """
+import json, sys
+from pathlib import Path
+from image_classifier.config import TrainConfig
+from image_classifier.trainer import torch_threads_for
+configs = [TrainConfig("e", "r", Path("x"), Path("y"), **values) for values in json.loads(sys.argv[1])]
+print(json.dumps([torch_threads_for(config) for config in configs]))
+"""
+
+
+def _python(code: str, *args: str, cores: str):
+    # OMP_NUM_THREADS: how a scheduler (or torchrun) tells torch how many cores a process has.
+    environment = {**os.environ, "OMP_NUM_THREADS": cores}
+    return json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code, *args], env=environment, capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
+@pytest.mark.parametrize("cores", ["1", "2"])
+def test_large_batches_use_every_core_and_an_explicit_count_wins(cores):
+    # "Every core": the count torch starts with in a fresh process given these cores, asked separately.
+    every_core = _python("import torch; print(torch.get_num_threads())", cores=cores)
+    assert every_core == 1 or cores == "2"
+    batches = [{"batch_size": 4}, {"batch_size": 127}, {"batch_size": 128}, {"batch_size": 4096}]
+    explicit = [{"batch_size": 4, "num_threads": 5}, {"batch_size": 512, "num_threads": 2}]
+    chosen = _python(_THREADS_IN_A_FRESH_PROCESS, json.dumps(batches + explicit), cores=cores)
+    assert chosen == [1, 1, every_core, every_core, 5, 2]
 
 
 @pytest.mark.parametrize("size, world_size", [(300, 2), (301, 2), (10, 3), (7, 1)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 from collections.abc import Iterator
@@ -20,7 +21,10 @@ def to_strict_json(data) -> str:
 
 def write_json_atomically(path: Path, data) -> None:
     """Write a sibling, fsync it, rename it over `path`, fsync the folder: a crash leaves the old or the new
-    file, never half of one. The caller serialises writers (see `exclusive_lock`)."""
+    file, never half of one. The caller serialises writers (see `exclusive_lock`), so another process's
+    temporary sibling found here is what a writer killed mid-write left behind: it is removed."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with temporary.open("w", encoding="utf-8") as stream:

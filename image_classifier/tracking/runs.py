@@ -141,7 +141,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): text from a run's
 # files (a hand-edited run.json, a registry entry) must never become one.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\0")  # OWASP ASVS 1.2.10 names the null too
 
 
 def csv_cell(value):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from hypothesis import given
+from hypothesis import strategies as st
 from torchvision import transforms
 
 from image_classifier.data.data import (
@@ -250,10 +252,19 @@ def test_iterate_batches_covers_every_image_once_with_a_smaller_last_batch():
     )
     order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
     batches = list(iterate_batches(split, 4, torch.device("cpu"), order))
-    assert [len(labels) for _, labels in batches] == [4, 4, 2] == [4, 4, 2][: num_batches(10, 4)]
+    assert [len(labels) for _, labels in batches] == [4, 4, 2]
+    assert num_batches(10, 4) == 3
     assert torch.equal(torch.cat([labels for _, labels in batches]), order)
     resumed = list(iterate_batches(split, 4, torch.device("cpu"), order, start_batch=2))
     assert torch.equal(resumed[0][1], batches[2][1])
+
+
+@given(num_images=st.integers(0, 40), batch_size=st.integers(1, 12))
+def test_num_batches_counts_the_batches_iterate_batches_gives(num_images, batch_size):
+    split = ImageSplit(images=torch.zeros(num_images, 3, 1, 1, dtype=torch.uint8), labels=torch.arange(num_images))
+    sizes = [len(labels) for _, labels in iterate_batches(split, batch_size, torch.device("cpu"))]
+    assert num_batches(num_images, batch_size) == len(sizes) == -(-num_images // batch_size)
+    assert sum(sizes) == num_images and all(size == batch_size for size in sizes[:-1])
 
 
 def test_a_prepared_split_gives_the_per_batch_values_bit_for_bit():

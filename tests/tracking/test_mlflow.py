@@ -307,6 +307,34 @@ def test_the_runs_command_with_a_server_that_is_down(trained_experiments):
     assert [line.split()[1] for line in listing.stdout.splitlines()[1:]] == ["seed0", "seed1"]
 
 
+def test_a_run_from_mlflows_registry_resumes_while_the_server_is_down(dataset, mlflow_server, experiments):
+    folder = ("--experiments_folder", str(experiments))
+    _runs("register", "e/seed0", "--name", "resume-net", "--alias", "production", *folder, env=_env(mlflow_server))
+    args = trainer_args(dataset, experiments, "resumed", "--pretrained_model", "models:/resume-net@production")
+    killed = run_command([sys.executable, FAULT_INJECTION, "KILL", "train:2:5", *args], env=_env(mlflow_server))
+    assert killed.returncode == -9, killed.stderr
+
+    down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    resumed = run_trainer(*args, "--resume", env=down)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(_warnings(resumed.stderr)) == 1 and "MLflow logging stopped" in resumed.stderr
+    manifest = json.loads((experiments / "e" / "resumed" / "run.json").read_text())
+    assert (manifest["pretrained_model"]["uri"], manifest["pretrained_model"]["version"]) == (
+        "models:/resume-net@production",
+        1,
+    )
+    # The bytes of the same run started from the file itself, without any registry.
+    direct = run_trainer(
+        *trainer_args(dataset, experiments, "direct", "--pretrained_model", str(experiments / "e/seed0/model.pth"))
+    )
+    assert direct.returncode == 0, direct.stderr
+    assert manifest["model_sha256"] == sha256_of(experiments / "e" / "direct" / "model.pth")
+
+
+def _env(server) -> dict:
+    return {"MLFLOW_TRACKING_URI": server.uri}
+
+
 def test_versions_mlflow_cannot_vouch_for_are_refused_before_any_download(mlflow_server, experiments, tmp_path):
     """Versions made by other tools (or a tampered server): no sha256 tag, a folder as source, a source_run
     tag leading out of the experiments folder."""

@@ -20,8 +20,10 @@ from image_classifier.tracking.registry import (
     open_registry,
     parse_model_uri,
 )
-from tests.conftest import command, run_command, trainer_args
+from tests.conftest import REPO_ROOT, command, run_command, trainer_args
 from tests.tracking.conftest import free_port
+
+FAULT_INJECTION = str(REPO_ROOT / "tests" / "fault_injection.py")
 
 _PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 
@@ -204,11 +206,12 @@ def _race(experiments: Path, copies: list[Path], mode: str) -> list[str]:
         os.close(go_write)  # the release; also what frees them if the test failed
         os.close(ready_read)
         codes = [process.wait(timeout=300) for process in processes]
-    assert codes == [0] * len(copies)
+    # Unlocked, a writer may also fail outright (another one removed its temporary file as a leftover).
+    failed = [f"{sum(code != 0 for code in codes)} writer(s) failed"] if any(codes) else []
     versions = open_registry(experiments).versions("race")
     lost = sorted(set(f"e/{copy.name}" for copy in copies) - {v.source_run for v in versions})
     numbers = sorted(v.version for v in versions)
-    return lost + ([f"version numbers {numbers}"] if numbers != list(range(1, len(copies) + 1)) else [])
+    return failed + lost + ([f"version numbers {numbers}"] if numbers != list(range(1, len(copies) + 1)) else [])
 
 
 def test_parallel_register_processes_never_lose_an_entry(experiments):
@@ -219,6 +222,22 @@ def test_parallel_register_processes_never_lose_an_entry(experiments):
     # The same race without the lock loses entries (it lost 5 or more of the 8 in every round tried): the
     # test sees what the lock prevents. A round might serialise by chance; one of three is enough.
     assert any(_race(experiments, copies, "unlocked") for _ in range(3))
+
+
+def test_a_kill_inside_a_registry_write_keeps_the_old_document_and_the_rerun_leaves_no_leftovers(experiments):
+    registry = open_registry(experiments)
+    registry.register(experiments / "e" / "seed0", "cifar-net", aliases=["production"])
+    before = (experiments / REGISTRY_FILE).read_bytes()
+    register = ["runs", "register", "e/seed1", "--name", "cifar-net", "--experiments_folder", str(experiments)]
+    killed = run_command([sys.executable, FAULT_INJECTION, "KILL", "torn:registry.json:1:100", *register])
+    assert killed.returncode == -9, killed.stderr
+    assert (experiments / REGISTRY_FILE).read_bytes() == before  # the old document, whole
+    assert [v.version for v in registry.versions("cifar-net")] == [1]
+
+    again = run_command([command("image_classifier_runs"), *register[1:]])  # the user runs it again
+    assert again.returncode == 0, again.stderr
+    assert [v.source_run for v in registry.versions("cifar-net")] == ["e/seed0", "e/seed1"]
+    assert sorted(p.name for p in experiments.iterdir()) == ["e", REGISTRY_FILE, f"{REGISTRY_FILE}.lock"]
 
 
 # --- a damaged registry.json: one clear error, whatever the damage ---

@@ -368,23 +368,26 @@ time.sleep(600)
 """
 
 
-def test_asking_whether_a_run_is_held_takes_no_lock(tmp_path, monkeypatch):
+def test_asking_whether_a_run_is_held_takes_no_lock_when_the_kernel_lists_it(tmp_path, monkeypatch):
+    """A lock /proc/locks lists is answered without locking; an unlisted one (free, or held from another pid
+    namespace) is probed for an instant, which writers wait out (test_listing_never_makes_a_writer_fail)."""
     held, free = tmp_path / "held.incomplete", tmp_path / "free.incomplete"
     held.mkdir()
     free.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(held)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
+        with monkeypatch.context() as patched:
 
-        def no_locking(fd, operation):
-            raise AssertionError("a reader took a lock")
+            def no_locking(fd, operation):
+                raise AssertionError("a reader took a lock")
 
-        monkeypatch.setattr(fcntl, "flock", no_locking)
-        assert is_locked(held) and not is_locked(free)
+            patched.setattr(fcntl, "flock", no_locking)
+            assert is_locked(held)
+        assert not is_locked(free)
     finally:
         holder.kill()
         holder.wait()
-    monkeypatch.undo()
     assert not is_locked(held)
 
 
@@ -505,3 +508,12 @@ def test_text_from_run_files_cannot_drive_the_terminal(experiments, capsys):
         assert not any(char in out for char in "\x1b\x07\r"), argv
     code, out, _ = _run(capsys, "show", "e/seed0", *folder)
     assert "\\x1b[2Jkey" in out and "\\x1b]0;pwned\\x07value\\nsecond line" in out
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\0", "\r"])
+def test_csv_quotes_every_start_asvs_names(start):
+    """OWASP ASVS 1.2.10's list of characters that make a spreadsheet cell a formula: '=', '+', '-', '@', tab
+    and the null character (and CR, which some readers drop)."""
+    rows = [{"experiment": "e", "run": "r", "note": start + "cmd|' /C calc'!A0"}]
+    (row,) = csv.DictReader(io.StringIO(format_csv(rows, LIST_COLUMNS)))
+    assert row["note"] == "'" + start + "cmd|' /C calc'!A0"

@@ -1,6 +1,7 @@
 """What the trainer records for tracking: the richer metrics, the figures, and `models:/` pretrained models."""
 
 import json
+import shutil
 import struct
 import sys
 
@@ -109,3 +110,30 @@ def test_the_runs_command_refuses_an_unknown_alias_for_the_trainer_too(dataset, 
         ]
     )
     assert result.returncode == 1 and "no model named 'nobody'" in result.stderr
+
+
+def test_a_run_from_an_alias_resumes_with_its_version_after_the_alias_moved_and_the_source_run_went(
+    dataset, experiments
+):
+    registry = open_registry(experiments)
+    registry.register(experiments / "e" / "seed0", "cifar-net", aliases=["production"])
+    registry.register(experiments / "e" / "seed1", "cifar-net")
+    uri = ("--pretrained_model", "models:/cifar-net@production")
+    reference = run_trainer(*trainer_args(dataset, experiments, "reference", *uri))
+    assert reference.returncode == 0, reference.stderr
+
+    args = trainer_args(dataset, experiments, "resumed", *uri)
+    killed = run_command([sys.executable, FAULT_INJECTION, "KILL", "train:2:5", *args])
+    assert killed.returncode == -9, killed.stderr
+    # Meanwhile the alias moves on to version 2 and version 1's source run is deleted.
+    registry.set_alias("cifar-net", "production", 2)
+    shutil.rmtree(experiments / "e" / "seed0")
+
+    resumed = run_trainer(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "cifar-net version" not in resumed.stderr  # the registry was not asked
+    run_dir = experiments / "e" / "resumed"
+    assert (run_dir / "model.pth").read_bytes() == (experiments / "e" / "reference" / "model.pth").read_bytes()
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["pretrained_model"]["version"] == manifest["arguments"]["pretrained_model_version"] == 1
+    assert manifest["pretrained_model"]["uri"] == "models:/cifar-net@production"
