@@ -61,7 +61,7 @@ def simple_folder(root: Path, classes: dict[str, int], split: str = "", seed: in
 # What `mixed_folder` holds, by kind (paths relative to the folder).
 GOOD = 14
 MIXED_BAD = {
-    "train/cat/truncated.jpg": "cannot be decoded",
+    "train/cat/truncated.jpg": "truncated or corrupt",
     "train/dog/empty.PNG": "empty file",
     "train/dog/bomb.png": "image too large",
     "train/cat/fake.jpeg": "not an image",
