@@ -24,10 +24,11 @@ from image_classifier.cli import (
 from image_classifier.config import TrainConfig
 from image_classifier.data.database import Secret
 from image_classifier.errors import UserError
-from image_classifier.manifest import differences, start_environment
+from image_classifier.manifest import dataset_file_differences, differences, start_environment
 from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
 
 TIMING_FIELDS = ("seconds", "images_per_second")  # wall-clock measurements, different in every run
+PREPARED_KEYS = ("folder", "key", "reused")  # where an image folder's decoded copy is, and whether it existed
 
 
 def build_parser() -> ArgumentParser:
@@ -70,11 +71,14 @@ def metric_differences(recorded: dict, reproduced: dict) -> list[str]:
 
 def environment_differences(recorded: dict, reproduced: dict) -> list[str]:
     """What besides the code path could explain different bytes, from the two run.json manifests."""
-    sections = ("dataset", "determinism", "pretrained_model")
+    sections = ("dataset", "determinism", "pretrained_model", "augmentation")
     before = {**start_environment(recorded), **{key: recorded.get(key) for key in sections}}
     after = {**start_environment(reproduced), **{key: reproduced.get(key) for key in sections}}
-    # Paths differ with the directory a run is started from; the files' hashes are what count.
-    return differences(before, after, ignore=("dataset.folder", "pretrained_model.path"))
+    # Paths differ with the directory a run is started from, and an image folder's prepared copy with the
+    # cache it is in; the files' hashes are what count.
+    ignore = ("dataset.folder", "pretrained_model.path", *(f"dataset.prepared.{key}" for key in PREPARED_KEYS))
+    changes = differences(before, after, ignore=ignore)
+    return changes + dataset_file_differences(recorded.get("dataset_manifest"), reproduced.get("dataset_manifest"))
 
 
 def origin_directory(run_dir: Path, experiments_folder: Path) -> Path:

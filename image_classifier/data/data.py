@@ -22,6 +22,7 @@ from image_classifier.data.cifar import BATCHES_FOLDER, METADATA_FILE, load_data
 from image_classifier.data.database import DatabaseSettings, Secret, connect
 from image_classifier.data.folder import (
     DEFAULT_TEST_FRACTION,
+    SKIP_COUNT_NAMES,
     TEST,
     TRAIN,
     FolderScan,
@@ -180,7 +181,7 @@ def _record(scan, prepared, options, train_size, test_size, skipped, leaks) -> d
         "split": split,
         "conversion": prepared.conversion,
         "prepared": {"folder": str(prepared.folder), "key": prepared.key, "reused": prepared.reused},
-        "skipped": dict(sorted(Counter(reason for _, reason in skipped).items())),
+        "skipped": dict(sorted(Counter(SKIP_COUNT_NAMES[reason] for _, reason in skipped).items())),
         "bad_images_skipped": len(prepared.bad_images),
         "leaked_test_images": leaks,
     }

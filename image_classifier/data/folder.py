@@ -51,7 +51,7 @@ SYSTEM_NAMES = frozenset(
     {"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "$recycle.bin", "system volume information", "@eadir"}
 )
 
-# Reasons a file or folder is skipped (run.json counts them by reason).
+# Reasons a file or folder is skipped: run.json lists each with its reason and counts them by short name.
 HIDDEN = "hidden or system file"
 OUTSIDE_CLASS = "not inside a class folder"
 OUTSIDE_LINK = "symbolic link leading outside the dataset folder"
@@ -60,6 +60,16 @@ BROKEN_LINK = "broken symbolic link"
 NOT_REGULAR = "not a regular file"
 NOT_SPLIT = "folder beside train/ that is not a test split"
 NOT_IMAGE = "not an image (by its bytes and suffix)"
+SKIP_COUNT_NAMES = {
+    HIDDEN: "hidden_or_system",
+    OUTSIDE_CLASS: "outside_class_folders",
+    OUTSIDE_LINK: "links_leaving_the_folder",
+    LINK_LOOP: "link_loops",
+    BROKEN_LINK: "broken_links",
+    NOT_REGULAR: "not_regular_files",
+    NOT_SPLIT: "folders_beside_the_splits",
+    NOT_IMAGE: "not_images",
+}
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ def test_skip_bad_images_keeps_every_good_one_converted_by_the_one_rule(mixed, t
     assert sorted(item["path"] for item in manifest["bad_images"]) == sorted(MIXED_BAD)
     assert {item["path"]: item["reason"] for item in manifest["skipped"]} == MIXED_SKIPPED
     assert data.record["bad_images_skipped"] == len(MIXED_BAD) and data.record["images"] == {"train": 12, "test": 2}
+    # Counted by names that MLflow accepts as tag keys (letters, digits, "_", "-", ".", " ", "/").
+    assert data.record["skipped"] == {"hidden_or_system": 4, "not_images": 1, "outside_class_folders": 1}
     rows = json.loads((Path(data.record["prepared"]["folder"]) / MANIFEST_FILE).read_text())["rows"]
     for split, name in ((data.train, "train"), (data.test, "test")):
         assert split.images.shape[1:] == (3, image_size, image_size)
