@@ -16,10 +16,12 @@ batch, so the generator's state in a checkpoint resumes them exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from image_classifier.normalization import NOTEBOOK_MEAN, NOTEBOOK_STD, normalize
 
 AUGMENT_PADDING = 4  # pixels on every side: torchvision's CIFAR-10 recipes (RandomCrop(32, padding=4))
 
@@ -45,16 +47,23 @@ class ImageSplit:
         return self.rows is not None
 
 
-def preprocess(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x 3 x S x S -> float32 in [-1, 1]: the notebook's ToTensor() then Normalize(0.5, 0.5).
+def preprocess(
+    images: torch.Tensor, mean: Sequence[float] = NOTEBOOK_MEAN, std: Sequence[float] = NOTEBOOK_STD
+) -> torch.Tensor:
+    """uint8 N x 3 x S x S -> float32: ToTensor() then Normalize(mean, std), by default the notebook's
+    Normalize(0.5, 0.5) to [-1, 1] (see `normalization.py`).
 
     The same operations in the same order as torchvision's, so the values are bit-for-bit identical.
     """
-    return images.to(torch.float32).div(255).sub(0.5).div(0.5)
+    return normalize(images, mean, std)
 
 
 def prepare_split(
-    split: ImageSplit, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+    split: ImageSplit,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    mean: Sequence[float] = NOTEBOOK_MEAN,
+    std: Sequence[float] = NOTEBOOK_STD,
 ) -> ImageSplit:
     """The split normalised once and held on `device`: batches are then slices, with no work per batch.
 
@@ -64,7 +73,7 @@ def prepare_split(
     """
     if split.mapped:
         return split
-    images = preprocess(split.images.to(device)).contiguous(memory_format=memory_format)
+    images = preprocess(split.images.to(device), mean, std).contiguous(memory_format=memory_format)
     return ImageSplit(images=images, labels=split.labels.to(device))
 
 
@@ -106,16 +115,18 @@ def iterate_batches(
     device: torch.device,
     order: torch.Tensor | None = None,
     start_batch: int = 0,
+    mean: Sequence[float] = NOTEBOOK_MEAN,
+    std: Sequence[float] = NOTEBOOK_STD,
     augment: BatchAugmentation | None = None,
-    normalise: Callable[[torch.Tensor], torch.Tensor] = preprocess,
     memory_format: torch.memory_format | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield preprocessed (images, labels) mini-batches in `order` (default: as stored), from `start_batch`.
 
     The last batch is smaller when `batch_size` does not divide the split, like DataLoader's default.
-    A prepared (float) split is only sliced; a uint8 one is normalised batch by batch with `normalise`, on
+    A prepared (float) split is only sliced; a uint8 one is normalised batch by batch (`mean`, `std`) on
     `device`, and laid out in `memory_format` when given. `augment` draws its randomness as each batch is
-    produced, so a consumer that stops after k batches has used exactly k batches' draws.
+    produced, so a consumer that stops after k batches has used exactly k batches' draws; it pads with
+    black as the same `mean` and `std` normalise it.
     """
     positions = range(start_batch * batch_size, len(split) if order is None else len(order), batch_size)
     if order is not None:
@@ -133,12 +144,12 @@ def iterate_batches(
         images = split.images[indices]
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if not images.is_floating_point():
-            images = normalise(images)
+            images = preprocess(images, mean, std)
             if memory_format is not None:
                 images = images.contiguous(memory_format=memory_format)
         if augment is not None:
             if fill is None:  # black, as the normalisation maps it (per channel when it is per channel)
-                fill = normalise(torch.zeros(1, images.shape[1], 1, 1, dtype=torch.uint8, device=device))
+                fill = preprocess(torch.zeros(1, images.shape[1], 1, 1, dtype=torch.uint8, device=device), mean, std)
             images = augment(images, fill)
             if memory_format is not None:
                 images = images.contiguous(memory_format=memory_format)
