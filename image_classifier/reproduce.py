@@ -125,6 +125,7 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
         run_name=next_repro_name(run_dir),
         dataset_folder=dataset_folder or origin / recorded.dataset_folder,
         pretrained_model=pretrained,
+        cache_folder=origin / recorded.cache_folder if recorded.cache_folder is not None else None,
         device=manifest.get("device", recorded.device),  # the device it ran on, not "auto"
         # CPU kernels split reductions by thread; the same count gives the same order of additions.
         num_threads=manifest["determinism"]["torch_num_threads"],

@@ -76,10 +76,10 @@ def get_train_test_data(
 
 
 def load_train_test_data(dataset_folder: Path, options: DataOptions = DataOptions()) -> TrainTestData:
-    if (dataset_folder / BATCHES_FOLDER).exists() or (dataset_folder / METADATA_FILE).is_file():
-        if not looks_like_image_folder(dataset_folder) or (dataset_folder / BATCHES_FOLDER).exists():
-            return _cifar(dataset_folder, options)
-    if looks_like_image_folder(dataset_folder):
+    image_folder = looks_like_image_folder(dataset_folder)
+    if (dataset_folder / BATCHES_FOLDER).exists() or ((dataset_folder / METADATA_FILE).is_file() and not image_folder):
+        return _cifar(dataset_folder, options)  # its own errors say what is missing and where to get it
+    if image_folder:
         return load_image_folder(dataset_folder, options)
     raise DatasetError(
         f"no dataset in {dataset_folder}: expected an image folder (<class>/ or train/<class>/ folders of "

@@ -258,3 +258,40 @@ def test_a_prepared_split_gives_the_per_batch_values_bit_for_bit():
         iterate_batches(split, 3, torch.device("cpu"), order), iterate_batches(prepared, 3, torch.device("cpu"), order)
     ):
         assert torch.equal(raw, ready) and torch.equal(raw_labels, ready_labels)
+
+
+# --- which kind of dataset a folder is -------------------------------------------------------------------
+
+
+def test_cifar_batches_are_recognised_and_read_as_before(dataset, tmp_path):
+    from image_classifier.data.data import DataOptions, load_train_test_data
+
+    data, direct = load_train_test_data(dataset), load_dataset(dataset)
+    assert torch.equal(data.train.images, direct.train.images) and torch.equal(data.test.labels, direct.test.labels)
+    assert data.fingerprint == direct.file_sha256 and data.record == {"sha256": direct.file_sha256}
+    assert data.manifest is None and data.train.rows is None
+    with pytest.raises(DatasetError, match="--image_size 24: the CIFAR-10 batches .* hold 32 x 32"):
+        load_train_test_data(dataset, DataOptions(image_size=24))
+
+
+def test_a_folder_that_is_neither_kind_says_what_either_needs(tmp_path):
+    from image_classifier.data.data import load_train_test_data
+
+    with pytest.raises(DatasetError, match="no dataset in .*<class>/ or train/<class>/.*metadata.json"):
+        load_train_test_data(tmp_path)
+    (tmp_path / ".hidden").mkdir()
+    with pytest.raises(DatasetError, match="no dataset in"):
+        load_train_test_data(tmp_path)
+    (tmp_path / "metadata.json").write_text('{"classes": ["a", "b"]}')
+    with pytest.raises(DatasetError, match="no CIFAR-10 batches folder"):
+        load_train_test_data(tmp_path)  # metadata.json alone: CIFAR-10 without its batches
+
+
+def test_metadata_json_beside_class_folders_is_an_image_folder(tmp_path):
+    from image_classifier.data.data import DataOptions, load_train_test_data
+    from tests.data.folders import simple_folder
+
+    simple_folder(tmp_path / "d", {"a": 3, "b": 3})
+    (tmp_path / "d" / "metadata.json").write_text('{"classes": ["b", "a"]}')
+    data = load_train_test_data(tmp_path / "d", DataOptions(cache_folder=tmp_path / "cache"))
+    assert data.classes == ("b", "a") and data.record["format"] == "image folder"
