@@ -284,12 +284,19 @@ def prepare(
         ) from None
     target = cache_folder / key
     if not _is_complete(target, key):
-        with exclusive_lock(cache_folder / f"{key}.lock", on_wait=lambda: _log_wait(target)):
-            if not _is_complete(target, key):  # whoever held the lock may have prepared it meanwhile
-                _build(
-                    scan, hashes, unreadable, image_size, max_pixels, conversion, target, key, processes, on_progress
-                )
-                return _open(target, dataset_hash, reused=False)
+        try:
+            with exclusive_lock(cache_folder / f"{key}.lock", on_wait=lambda: _log_wait(target)):
+                if not _is_complete(target, key):  # whoever held the lock may have prepared it meanwhile
+                    job = _Job(
+                        scan, hashes, unreadable, image_size, max_pixels, conversion, key, processes, on_progress
+                    )
+                    _build(job, target)
+                    return _open(target, dataset_hash, reused=False)
+        except OSError as exc:  # a read-only or full disk: said as such, not as a traceback
+            raise DatasetError(
+                f"cannot write the prepared dataset into {cache_folder}: {exc.strerror or exc}; choose another "
+                f"folder with --cache_folder or ${CACHE_ENV}"
+            ) from None
     logger.info("reusing the prepared dataset %s", target)
     return _open(target, dataset_hash, reused=True)
 
@@ -315,21 +322,48 @@ def _is_complete(target: Path, key: str) -> bool:
     return manifest.get("key") == key and manifest.get("format") == CACHE_FORMAT
 
 
-def _build(scan, hashes, unreadable, image_size, max_pixels, conversion, target, key, processes, on_progress):
+@dataclass(frozen=True)
+class _Job:
+    """What decoding a folder into a prepared dataset needs."""
+
+    scan: FolderScan
+    hashes: list[str | None]
+    unreadable: dict[int, str]
+    image_size: int
+    max_pixels: int
+    conversion: dict
+    key: str
+    processes: int | None
+    on_progress: Callable[[int, int], None] | None
+
+
+def _build(job: _Job, target: Path) -> None:
+    """Decode into a temporary folder under the key's lock, then publish it as `target` in one rename."""
     parent = target.parent
-    for leftover in parent.glob(f"{key}{TEMPORARY_MARKER}*"):  # a killed preparer's; we hold the key's lock
+    for leftover in parent.glob(f"{job.key}{TEMPORARY_MARKER}*"):  # a killed preparer's; we hold the key's lock
         shutil.rmtree(leftover, ignore_errors=True)
     if target.exists():  # damaged (no valid manifest): readers of the old one keep their open files
         shutil.rmtree(target, ignore_errors=True)
-    work = parent / f"{key}{TEMPORARY_MARKER}{os.getpid()}"
+    work = parent / f"{job.key}{TEMPORARY_MARKER}{os.getpid()}"
     work.mkdir()
+    try:
+        _write_prepared(job, work, target)
+    except BaseException:  # an error or Ctrl-C: nothing half-written stays (a SIGKILL's is removed next time)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    os.rename(work, target)
+    _fsync(parent)
+
+
+def _write_prepared(job: _Job, work: Path, target: Path) -> None:
+    scan, hashes, unreadable, image_size = job.scan, job.hashes, job.unreadable, job.image_size
     started = time.monotonic()
     candidates = [index for index in range(len(scan.files)) if index not in unreadable]
     images_path = work / IMAGES_FILE
     shape = (len(candidates), 3, image_size, image_size)
     if candidates:
         np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=shape).flush()
-    processes = processes or _processes_for(len(candidates), DECODE_CHUNK)
+    processes = job.processes or _processes_for(len(candidates), DECODE_CHUNK)
     logger.info(
         "preparing %d files of %s at %d x %d with %d process(es) into %s",
         len(candidates),
@@ -342,18 +376,17 @@ def _build(scan, hashes, unreadable, image_size, max_pixels, conversion, target,
     status: dict[int, tuple[str, str | None]] = {}
     items = [(row, scan.files[index].path, hashes[index]) for row, index in enumerate(candidates)]
     tasks = (
-        (str(images_path), str(scan.root), image_size, max_pixels, chunk) for chunk in _chunks(items, DECODE_CHUNK)
+        (str(images_path), str(scan.root), image_size, job.max_pixels, chunk) for chunk in _chunks(items, DECODE_CHUNK)
     )
     with _pool(processes) as executor, _progress_bar(len(items), "preparing") as bar:
         for results in _run_tasks(executor, _decode_chunk, tasks, processes * TASKS_IN_FLIGHT_PER_PROCESS):
             for row, outcome, reason in results:
                 status[row] = (outcome, reason)
             bar.update(len(results))
-            if on_progress is not None:
-                on_progress(len(status), len(items))
+            if job.on_progress is not None:
+                job.on_progress(len(status), len(items))
     changed = sorted(scan.files[candidates[row]].path for row, (outcome, _) in status.items() if outcome == "changed")
     if changed:
-        shutil.rmtree(work, ignore_errors=True)
         raise DatasetError(f"files changed while the dataset was being prepared: {', '.join(changed)}; run again")
     good = [row for row in range(len(candidates)) if status[row][0] == "ok"]
     if not good:  # numpy cannot map an array without elements
@@ -376,10 +409,10 @@ def _build(scan, hashes, unreadable, image_size, max_pixels, conversion, target,
     np.save(work / LABELS_FILE, np.array([row["label"] for row in rows], dtype=np.int64))
     manifest = {
         "format": CACHE_FORMAT,
-        "key": key,
+        "key": job.key,
         "dataset_sha256": dataset_sha256(scan, hashes),
         "source": str(scan.root),
-        "conversion": conversion,
+        "conversion": job.conversion,
         "classes": list(scan.classes),
         "layout": scan.layout,
         "shape": [len(rows), 3, image_size, image_size],
@@ -393,8 +426,6 @@ def _build(scan, hashes, unreadable, image_size, max_pixels, conversion, target,
     _write_json(work / MANIFEST_FILE, manifest)  # last: a folder with a valid manifest is complete
     _fsync(work / MANIFEST_FILE)
     _fsync(work)
-    os.rename(work, target)
-    _fsync(parent)
     logger.info(
         "prepared %d images (%d bad, %d not images) in %.1f s: %.0f files/s",
         len(rows),

@@ -283,3 +283,21 @@ def test_a_folder_split_by_test_fraction_records_it(tmp_path):
     assert data.record["split"] == {"from": "--test_fraction", "test_fraction": 0.2, "seed": 3}
     other = load_train_test_data(root, DataOptions(cache_folder=tmp_path / "cache", test_fraction=0.2, seed=4))
     assert other.record["prepared"]["reused"] and not np.array_equal(other.test.rows, data.test.rows)
+
+
+def test_a_file_changed_while_preparing_stops_it_and_leaves_nothing(tmp_path):
+    root = simple_folder(tmp_path / "data", {"a": 2, "b": 2})
+    scan = scan_folder(root)
+    hashes, unreadable = hash_files(root, [f.path for f in scan.files], 1)
+    write(root / "b" / "1.png", png(77))  # after hashing: the cache would not hold what its key says
+    with pytest.raises(DatasetError, match="files changed while the dataset was being prepared: b/1.png"):
+        prepare(scan, hashes, unreadable, 32, tmp_path / "cache", processes=1)
+    assert [path.suffix for path in (tmp_path / "cache").iterdir()] == [".lock"]
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_clear_error(tmp_path):
+    root = simple_folder(tmp_path / "data", {"a": 2, "b": 2})
+    (tmp_path / "cache").mkdir()
+    with read_only(tmp_path / "cache", tmp_path / "mounted") as cache:
+        with pytest.raises(DatasetError, match="cannot write the prepared dataset into .*: Read-only|Permission"):
+            prepare_folder(root, cache)
