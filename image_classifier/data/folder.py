@@ -92,7 +92,6 @@ class FolderScan:
     classes_from: str  # "metadata.json" or "folder names"
     files: tuple[FolderFile, ...]  # sorted by path
     skipped: tuple[tuple[str, str], ...]  # (path, reason)
-    classes_without_test_folder: tuple[str, ...] = ()
 
     @property
     def has_test_split(self) -> bool:
@@ -248,7 +247,6 @@ def scan_folder(root: Path) -> FolderScan:
     classes, classes_from = _classes(root, [entry.name for entry in class_folders])
     split = TRAIN if tests else None
     files = _class_files(walker, split_folder, class_folders, classes, split)
-    without_test: tuple[str, ...] = ()
     if tests:
         test_folders = walker.folders(tests[0].path)
         known = {_nfc(name) for name in classes}
@@ -259,8 +257,6 @@ def scan_folder(root: Path) -> FolderScan:
                 "learn a class it never sees in training; check the names' spelling and case)"
             )
         files += _class_files(walker, tests[0].path, test_folders, classes, TEST)
-        tested = {file.label for file in files if file.split == TEST}
-        without_test = tuple(name for label, name in enumerate(classes) if label not in tested)
     empty = [name for label, name in enumerate(classes) if not any(f.label == label and f.split != TEST for f in files)]
     if empty:
         raise DatasetError(f"class folders without any file in {split_folder}: {', '.join(empty)}")
@@ -271,7 +267,6 @@ def scan_folder(root: Path) -> FolderScan:
         classes_from=classes_from,
         files=tuple(sorted(files, key=lambda file: file.path)),
         skipped=tuple(sorted(walker.skipped)),
-        classes_without_test_folder=without_test,
     )
 
 

@@ -98,7 +98,7 @@ def test_layout_errors_name_the_problem(tmp_path):
             scan_folder(root)
 
 
-def test_an_empty_class_folder_is_an_error_and_a_class_missing_from_test_is_noted(tmp_path):
+def test_an_empty_class_folder_is_an_error_and_a_class_missing_from_test_is_not(tmp_path):
     simple_folder(tmp_path, {"cat": 2}, "train")
     (tmp_path / "train" / "dog").mkdir()
     (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"x")
@@ -106,7 +106,7 @@ def test_an_empty_class_folder_is_an_error_and_a_class_missing_from_test_is_note
         scan_folder(tmp_path)
     simple_folder(tmp_path, {"dog": 1}, "train")
     simple_folder(tmp_path, {"cat": 1}, "test")
-    assert scan_folder(tmp_path).classes_without_test_folder == ("dog",)
+    assert scan_folder(tmp_path).classes == ("cat", "dog")
 
 
 def test_hidden_system_and_loose_files_are_skipped_and_named(tmp_path):

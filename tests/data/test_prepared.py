@@ -301,3 +301,11 @@ def test_a_cache_folder_that_cannot_be_written_is_one_clear_error(tmp_path):
     with read_only(tmp_path / "cache", tmp_path / "mounted") as cache:
         with pytest.raises(DatasetError, match="cannot write the prepared dataset into .*: Read-only|Permission"):
             prepare_folder(root, cache)
+
+
+def test_a_class_without_test_images_is_allowed_and_said(tmp_path, caplog):
+    root = simple_folder(tmp_path / "data", {"cat": 2, "dog": 2}, "train")
+    simple_folder(root, {"cat": 1}, "test")
+    data = load_train_test_data(root, DataOptions(cache_folder=tmp_path / "cache"))
+    assert data.classes == ("cat", "dog") and len(data.test) == 1
+    assert "classes without test images (their test accuracy is n/a): dog" in caplog.text
