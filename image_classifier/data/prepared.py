@@ -15,11 +15,11 @@ settings (image size, rule version, pixel limit, Pillow's version): a changed, a
 another image size, gives a new key; the same files reuse the prepared data without decoding any.
 
 Preparing runs under an exclusive lock on `<key>.lock`, so concurrent runs and the ranks of a torchrun job
-decode the folder once: the others wait and then reuse it. It is written into `<key>.tmp-<pid>/` and renamed
-to `<key>/` when complete and flushed to disk: a run killed at any point leaves a temporary folder that the
-next preparer removes, never a `<key>/` that is half written. Worker processes write their rows straight
-into the memory-mapped `images.npy`, a chunk of files at a time, so the memory used is a few chunks of
-images whatever the folder's size.
+decode the folder once: the others wait and then reuse it. It is written into `<key>.tmp-<host>-<pid>/` and
+renamed to `<key>/` when complete and flushed to disk: a run killed at any point leaves a temporary folder
+that the next preparer on that host removes, never a `<key>/` that is half written. Worker processes write
+their rows straight into the memory-mapped `images.npy`, a chunk of files at a time, so the memory used is
+a few chunks of images whatever the folder's size.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -340,18 +341,26 @@ class _Job:
 def _build(job: _Job, target: Path) -> None:
     """Decode into a temporary folder under the key's lock, then publish it as `target` in one rename."""
     parent = target.parent
-    for leftover in parent.glob(f"{job.key}{TEMPORARY_MARKER}*"):  # a killed preparer's; we hold the key's lock
+    # Named by host too: where the cache is shared over a network file system, flock may exclude this host's
+    # processes only, and another host may be preparing the same key beside us.
+    mine = f"{job.key}{TEMPORARY_MARKER}{socket.gethostname()}-"
+    for leftover in parent.glob(f"{mine}*"):  # a killed preparer's on this host; we hold the key's lock
         shutil.rmtree(leftover, ignore_errors=True)
     if target.exists():  # damaged (no valid manifest): readers of the old one keep their open files
         shutil.rmtree(target, ignore_errors=True)
-    work = parent / f"{job.key}{TEMPORARY_MARKER}{os.getpid()}"
+    work = parent / f"{mine}{os.getpid()}"
     work.mkdir()
     try:
         _write_prepared(job, work, target)
+        os.rename(work, target)
+    except OSError:
+        if not _is_complete(target, job.key):
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        shutil.rmtree(work, ignore_errors=True)  # another host published the same key first: the same bytes
     except BaseException:  # an error or Ctrl-C: nothing half-written stays (a SIGKILL's is removed next time)
         shutil.rmtree(work, ignore_errors=True)
         raise
-    os.rename(work, target)
     _fsync(parent)
 
 

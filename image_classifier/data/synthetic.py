@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_classifier.cli import ArgumentParser, non_negative_int, positive_int
 from image_classifier.data.cifar import BATCHES_FOLDER, BATCHES_META, METADATA_FILE, TEST_BATCH
 from image_classifier.errors import UserError
 
@@ -300,24 +301,24 @@ def generate_image_folder(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m image_classifier.data.synthetic",
         description="Generate a learnable dataset in the exact CIFAR-10 python-batches file format, or as a "
         "folder of PNG and JPEG images (--image-folder).",
     )
     parser.add_argument("--output", type=Path, required=True, help="dataset folder to create (required)")
-    parser.add_argument("--train-size", type=int, default=5000, help="training images (default: 5000)")
-    parser.add_argument("--test-size", type=int, default=1000, help="test images (default: 1000)")
-    parser.add_argument("--train-batches", type=int, default=5, help="data_batch_<n> files (default: 5)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--train-size", type=non_negative_int, default=5000, help="training images")
+    parser.add_argument("--test-size", type=non_negative_int, default=1000, help="test images")
+    parser.add_argument("--train-batches", type=positive_int, default=5, help="data_batch_<n> files")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     folder = parser.add_argument_group("image folder")
     folder.add_argument(
         "--image-folder",
         action="store_true",
         help="write train/<class>/ and test/<class>/ folders of PNG and JPEG files instead of CIFAR-10 batches",
     )
-    folder.add_argument("--min-side", type=int, default=24, help="smallest image width or height (default: 24)")
-    folder.add_argument("--max-side", type=int, default=64, help="largest image width or height (default: 64)")
+    folder.add_argument("--min-side", type=positive_int, default=24, help="smallest image width or height")
+    folder.add_argument("--max-side", type=positive_int, default=64, help="largest image width or height")
     folder.add_argument(
         "--no-test-folder",
         action="store_true",
