@@ -1,20 +1,23 @@
-"""Memory while preparing and while training from a prepared image folder of about 1 GB.
+"""Memory while preparing and while training from a prepared image folder, at about 60 MB and about 1 GB.
 
-    python benchmarks/bench_prepared_memory.py                        # 20,000 images at 128 x 128: 983 MB
-    python benchmarks/bench_prepared_memory.py --images 2000 --image_size 64    # a smoke run
+    python benchmarks/bench_prepared_memory.py              # 20,000 images at 32 and at 128 pixels: 58 and 937 MB
+    python benchmarks/bench_prepared_memory.py --images 2000 --image_sizes 32,64    # a smoke run
 
-The generated folder of bench_folders.py (`--work`, made if missing) is prepared at `--image_size`, which makes
-`images.npy` N x 3 x S x S bytes. Each step is its own process, and reports the kernel's own counts from
-/proc/self/status: VmHWM (peak resident memory), RssAnon (memory the process owns: heap, torch, batches) and
-RssFile (pages of mapped files: the page cache, shared, clean and dropped by the kernel when memory is short).
+The generated folder of bench_folders.py (`--work`, made if missing) is prepared at each of `--image_sizes`,
+which makes `images.npy` N x 3 x S x S bytes: the same files, 16 times the bytes at 128 as at 32. Each step
+is its own process and reports the kernel's own counts from /proc/<pid>/status, in MB: VmHWM (peak
+resident memory), RssAnon (memory the process owns: heap, torch, batches) and RssFile (pages of mapped
+files: torch's shared libraries, and the prepared array's pages, which are the page cache: shared between
+processes, clean, and dropped by the kernel when memory is short).
 
-1. preparing into an empty cache: the main process and its worker processes (peak of the largest child);
+1. preparing into an empty cache: the main process, and the largest of its worker processes' counts
+   (sampled every 50 ms while they live);
 2. one epoch of training from the prepared set, memory-mapped as the trainer reads it: shuffled batches of
    64 gathered from the mapping, normalised and fed to a small CNN with an SGD step;
-3. for contrast, the same images read into memory with `np.load` (no mapping), as a loader that holds the
-   dataset would.
+3. for contrast, the largest `images.npy` read into memory with `np.load` (no mapping), as a loader that
+   holds the dataset would.
 The bound the README states is the one measured here: RssAnon stays at what torch itself takes plus a few
-batches, whatever the size of `images.npy`.
+batches, the same whatever the size of `images.npy`.
 """
 
 from __future__ import annotations
@@ -26,24 +29,38 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+COUNTS = ("VmHWM", "RssAnon", "RssFile")
 
 STATUS = """
-def memory():
-    fields = {}
-    for line in open("/proc/self/status"):
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "RssAnon", "RssFile"):
-            fields[key] = int(value.split()[0]) // 1024  # MB
-    return fields
+def counts(pid="self"):
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return {key: int(fields[key].split()[0]) // 1024 for key in ("VmHWM", "RssAnon", "RssFile")}  # MB
 """
 
 PREPARE = STATUS + """
-import json, resource, sys
+import json, multiprocessing, sys, threading, time
 from pathlib import Path
 from image_classifier.data.data import DataOptions, load_train_test_data
-data = load_train_test_data(Path(sys.argv[1]), DataOptions(image_size=int(sys.argv[3]), cache_folder=Path(sys.argv[2])))
-children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
-print(json.dumps({"main": memory(), "largest_worker_peak_MB": children, "prepared": data.record["prepared"]["folder"]}))
+
+workers, done = {}, threading.Event()
+
+def sample():
+    while not done.is_set():
+        for child in multiprocessing.active_children():
+            try:
+                seen = counts(child.pid)
+            except (OSError, KeyError, ValueError):
+                continue
+            before = workers.get(child.pid, {})
+            workers[child.pid] = {key: max(value, before.get(key, 0)) for key, value in seen.items()}
+        time.sleep(0.05)
+
+threading.Thread(target=sample, daemon=True).start()
+options = DataOptions(image_size=int(sys.argv[3]), cache_folder=Path(sys.argv[2]))
+data = load_train_test_data(Path(sys.argv[1]), options)
+done.set()
+largest = {key: max((seen[key] for seen in workers.values()), default=0) for key in ("VmHWM", "RssAnon", "RssFile")}
+print(json.dumps({"main": counts(), "workers": largest, "prepared": data.record["prepared"]["folder"]}))
 """
 
 TRAIN = STATUS + """
@@ -60,14 +77,14 @@ model = nn.Sequential(
     nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10)
 )
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-before = memory()
+before = counts()
 order = torch.randperm(len(data.train))
 started = time.perf_counter()
 for images, labels in iterate_batches(data.train, 64, torch.device("cpu"), order):
     optimizer.zero_grad()
     nn.functional.cross_entropy(model(images), labels).backward()
     optimizer.step()
-print(json.dumps({"after_loading": before, "after_one_epoch": memory(), "seconds": time.perf_counter() - started}))
+print(json.dumps({"after_loading": before, "after_one_epoch": counts(), "seconds": time.perf_counter() - started}))
 """
 
 IN_MEMORY = STATUS + """
@@ -75,7 +92,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 images = np.load(Path(sys.argv[1]) / "images.npy")
-print(json.dumps({"after_np_load": memory(), "array_MB": images.nbytes // 2**20}))
+print(json.dumps({"after_np_load": counts(), "array_MB": images.nbytes // 2**20}))
 """
 
 
@@ -86,10 +103,30 @@ def run(code: str, *args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def shown(values: dict) -> str:
+    return ", ".join(f"{key} {values[key]:,}" for key in COUNTS)
+
+
+def measure(folder: Path, work: Path, image_size: int) -> dict:
+    cache = work / f"cache-memory-{image_size}"
+    subprocess.run(["rm", "-rf", str(cache)], check=True)
+    prepared = run(PREPARE, str(folder), str(cache), str(image_size))
+    array_mb = (Path(prepared["prepared"]) / "images.npy").stat().st_size // 2**20
+    trained = run(TRAIN, str(folder), str(cache), str(image_size))
+    print(f"\nimages.npy at {image_size} x {image_size}: {array_mb:,} MB")
+    print(f"  1. preparing, main process:   {shown(prepared['main'])}")
+    print(f"     preparing, largest worker: {shown(prepared['workers'])}")
+    print(f"  2. training, after loading:   {shown(trained['after_loading'])}")
+    print(f"     after one epoch ({trained['seconds']:.0f} s):  {shown(trained['after_one_epoch'])}")
+    return {"array_MB": array_mb, "prepare": prepared, "train": trained}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000, help="files in the generated folder (default: 20000)")
-    parser.add_argument("--image_size", type=int, default=128, help="prepared image side (default: 128)")
+    parser.add_argument(
+        "--image_sizes", default="32,128", help="prepared image sides, comma-separated (default: 32,128)"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_folders"), help="working folder")
     args = parser.parse_args()
     folder = args.work / f"images-{args.images}"
@@ -102,24 +139,13 @@ def main() -> int:
             cwd=REPO,
             check=True,
         )
-    cache = args.work / f"cache-memory-{args.image_size}"
-    subprocess.run(["rm", "-rf", str(cache)], check=True)
-    size = str(args.image_size)
-
-    prepared = run(PREPARE, str(folder), str(cache), size)
-    array_mb = (Path(prepared["prepared"]) / "images.npy").stat().st_size // 2**20
-    print(f"prepared images.npy: {array_mb} MB ({args.images} images at {size} x {size})")
-    print(
-        f"1. preparing: main process {prepared['main']} MB; largest worker peak {prepared['largest_worker_peak_MB']} MB"
-    )
-    trained = run(TRAIN, str(folder), str(cache), size)
-    print(
-        f"2. one epoch from the mapping ({trained['seconds']:.1f} s): after loading {trained['after_loading']} MB; "
-        f"after the epoch {trained['after_one_epoch']} MB"
-    )
-    loaded = run(IN_MEMORY, prepared["prepared"])
-    print(f"3. np.load into memory: {loaded['after_np_load']} MB")
-    print(json.dumps({"array_MB": array_mb, "prepare": prepared, "train": trained, "in_memory": loaded}))
+    print("MB per process: VmHWM (peak resident), RssAnon (its own memory), RssFile (mapped files' pages)")
+    sizes = [int(size) for size in args.image_sizes.split(",")]
+    results = {size: measure(folder, args.work, size) for size in sizes}
+    largest = results[max(sizes)]
+    loaded = run(IN_MEMORY, largest["prepare"]["prepared"])
+    print(f"\n3. np.load of the {largest['array_MB']:,} MB images.npy into memory: {shown(loaded['after_np_load'])}")
+    print(json.dumps({"sizes": results, "in_memory": loaded}))
     return 0
 
 

@@ -26,10 +26,13 @@ def test_the_folder_benchmark_reports_preparing_and_both_jobs(tmp_path):
 
 
 def test_the_memory_benchmark_reports_each_step(tmp_path):
-    args = ["--images", "200", "--image_size", "48", "--work", str(tmp_path / "work")]
+    args = ["--images", "300", "--image_sizes", "16,48", "--work", str(tmp_path / "work")]
     script = str(REPO_ROOT / "benchmarks" / "bench_prepared_memory.py")
     result = run_command([sys.executable, script, *args], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert figures["array_MB"] == 200 * 3 * 48 * 48 // 2**20
-    assert {"VmHWM", "RssAnon", "RssFile"} <= figures["train"]["after_one_epoch"].keys()
+    assert figures["sizes"]["48"]["array_MB"] == 300 * 3 * 48 * 48 // 2**20
+    for size in ("16", "48"):
+        assert {"VmHWM", "RssAnon", "RssFile"} <= figures["sizes"][size]["train"]["after_one_epoch"].keys()
+        assert figures["sizes"][size]["prepare"]["workers"]["RssAnon"] > 0  # the workers were seen
+    assert figures["in_memory"]["array_MB"] == figures["sizes"]["48"]["array_MB"]
