@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATASET ?= data/cifar_dataset
 SAMPLE_DATASET ?= data/sample_dataset
+SAMPLE_IMAGES ?= data/sample_images
 EXPERIMENTS ?= experiments
 EXPERIMENT ?= local_exp
 RUN_STAMP := $(shell date +%Y%m%d-%H%M%S)
@@ -16,7 +17,7 @@ DB_PASSWORD ?= local-mock-password
 export DB_PASSWORD
 
 .DEFAULT_GOAL := help
-.PHONY: help requirements lock lint format test test-fast data train demo example reproduce bench build docker-build docker-test clean
+.PHONY: help requirements lock lint format test test-fast data images train demo demo-folder example reproduce bench bench-folders build docker-build docker-test clean
 
 ## Show this help
 help:
@@ -72,6 +73,13 @@ data: $(SAMPLE_DATASET)/metadata.json
 $(SAMPLE_DATASET)/metadata.json: | $(VENV)/.prod-installed
 	$(BIN)/python -m image_classifier.data.synthetic --output $(SAMPLE_DATASET) --train-size 5000 --test-size 1000 --seed 0
 
+## Generate a sample image folder (PNG and JPEG of mixed sizes and modes) into $(SAMPLE_IMAGES) if it is missing
+images: $(SAMPLE_IMAGES)/train
+
+$(SAMPLE_IMAGES)/train: | $(VENV)/.prod-installed
+	$(BIN)/python -m image_classifier.data.synthetic --image-folder --output $(SAMPLE_IMAGES) --train-size 1000 \
+		--test-size 200 --min-side 20 --max-side 72 --seed 0
+
 ## Train on $(DATASET) (default: the real CIFAR-10); set EXPERIMENT, RUN and TRAIN_ARGS to change the run
 train: $(VENV)/.prod-installed
 	$(BIN)/image_classifier_trainer --experiment_name $(EXPERIMENT) --run_name $(RUN) \
@@ -81,6 +89,10 @@ train: $(VENV)/.prod-installed
 demo: data
 	$(MAKE) --no-print-directory train DATASET=$(SAMPLE_DATASET) EXPERIMENT=demo RUN=$(RUN)
 	@echo "Outputs: $(EXPERIMENTS)/demo/$(RUN)/ (model.pth, metrics.json, run.json, metrics.png, curves.png, confusion_matrix.png)"
+
+## Your own images, end to end on a generated image folder: train, register, predict, serve (scripts/demo_folder.sh)
+demo-folder: images
+	bash scripts/demo_folder.sh $(BIN) $(SAMPLE_IMAGES) $(EXPERIMENTS) $(RUN)
 
 ## Regenerate the committed example run experiments/local_exp_test/run_1 from the sample dataset
 example: data
@@ -96,6 +108,10 @@ reproduce: data
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_training.py $(BENCH_ARGS)
 
+## Measure preparing and training on a generated folder of 20,000 images against torchvision's way (README "Performance")
+bench-folders: $(VENV)/.dev-installed
+	$(BIN)/python benchmarks/bench_folders.py $(BENCH_ARGS)
+
 ## Build the wheel and the sdist into dist/
 build: $(VENV)/.dev-installed
 	$(BIN)/python -m build --no-isolation --outdir dist .
@@ -110,5 +126,5 @@ docker-test: $(VENV)/.prod-installed
 
 ## Remove build outputs, caches and generated data (keeps $(VENV) and the experiments)
 clean:
-	rm -rf build dist *.egg-info .pytest_cache $(SAMPLE_DATASET) docker/*.whl docker/requirements-prod.* docker/_install.sh
+	rm -rf build dist *.egg-info .pytest_cache $(SAMPLE_DATASET) $(SAMPLE_IMAGES) docker/*.whl docker/requirements-prod.* docker/_install.sh
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

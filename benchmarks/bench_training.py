@@ -40,7 +40,8 @@ from torch import nn
 from torchvision import transforms
 
 from image_classifier.config import TrainConfig
-from image_classifier.data.data import iterate_batches, load_dataset, num_batches, prepare_split
+from image_classifier.data.batches import iterate_batches, num_batches, prepare_split
+from image_classifier.data.cifar import load_dataset
 from image_classifier.data.synthetic import generate_dataset
 from image_classifier.model.model import Net
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch

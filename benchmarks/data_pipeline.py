@@ -20,7 +20,8 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from image_classifier.data.data import iterate_batches, load_dataset, num_batches
+from image_classifier.data.batches import iterate_batches, num_batches
+from image_classifier.data.cifar import load_dataset
 from image_classifier.data.synthetic import generate_dataset
 from image_classifier.model.model import Net
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch

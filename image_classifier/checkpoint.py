@@ -76,12 +76,19 @@ def check_world_size(started_with: int, now: int) -> None:
         )
 
 
-def check_dataset(recorded: dict[str, str], now: dict[str, str], folder: Path) -> None:
-    """Refuse to continue on other data: the files' hashes must be those the run started with."""
-    changed = sorted(name for name in recorded.keys() & now.keys() if recorded[name] != now[name])
-    missing, added = sorted(recorded.keys() - now.keys()), sorted(now.keys() - recorded.keys())
-    details = [f"{name} changed" for name in changed]
-    details += [f"{name} is gone" for name in missing] + [f"{name} is new" for name in added]
+def check_dataset(recorded: dict[str, str] | str, now: dict[str, str] | str, folder: Path) -> None:
+    """Refuse to continue on other data: the files' hashes must be those the run started with.
+
+    CIFAR-10 batches are fingerprinted by each file's sha256 (the changed files are named); an image folder by
+    the hash of its manifest and conversion settings (reproduce names its changed files).
+    """
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        changed = sorted(name for name in recorded.keys() & now.keys() if recorded[name] != now[name])
+        missing, added = sorted(recorded.keys() - now.keys()), sorted(now.keys() - recorded.keys())
+        details = [f"{name} changed" for name in changed]
+        details += [f"{name} is gone" for name in missing] + [f"{name} is new" for name in added]
+    else:
+        details = [] if recorded == now else ["its images, their classes or the conversion settings"]
     if details:
         raise RunDirectoryError(
             f"the dataset in {folder} changed since the interrupted run ({', '.join(details)}); --resume would "

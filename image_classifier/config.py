@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from image_classifier.errors import UserError
@@ -12,7 +12,7 @@ from image_classifier.run_dir import INCOMPLETE_SUFFIX
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
 # Arguments that change how a run goes but never its results: a resumed or reproduced run may differ here.
-RESULT_NEUTRAL_FIELDS = ("num_workers", "checkpoint_every", "resume", "force", "verbose")
+RESULT_NEUTRAL_FIELDS = ("num_workers", "checkpoint_every", "resume", "force", "verbose", "cache_folder")
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,12 @@ class TrainConfig:
     run_name: str
     experiments_folder: Path
     dataset_folder: Path
+    # Image folders only (CIFAR-10 batches are 32 x 32 and split already): see data/folder.py.
+    image_size: int = 32
+    test_fraction: float = 0.2
+    skip_bad_images: bool = False
+    cache_folder: Path | None = None  # where image folders are prepared; None: data/prepared.py's default
+    augment: bool = False
     learning_rate: float = 0.001
     momentum: float = 0.9
     num_epochs: int = 2
@@ -48,6 +54,8 @@ class TrainConfig:
             check_name(label, name)
         if self.run_name.endswith(INCOMPLETE_SUFFIX):
             raise UserError(f"invalid run name {self.run_name!r}: '{INCOMPLETE_SUFFIX}' marks unfinished runs")
+        if not 0 < self.test_fraction < 1:
+            raise UserError(f"invalid test fraction {self.test_fraction}: it must be between 0 and 1 (exclusive)")
 
     @property
     def run_dir(self) -> Path:
@@ -59,10 +67,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        paths = ("experiments_folder", "dataset_folder", "pretrained_model")
+        paths = ("experiments_folder", "dataset_folder", "pretrained_model", "cache_folder")
         return cls(
             **{key: Path(value) if key in paths and value is not None else value for key, value in values.items()}
         )
+
+    @staticmethod
+    def default_result_fields() -> dict:
+        """The result fields' defaults: what a checkpoint written before a field existed ran with."""
+        return {
+            field.name: field.default
+            for field in fields(TrainConfig)
+            if field.default is not MISSING and field.name not in RESULT_NEUTRAL_FIELDS
+        }
 
     def result_fields(self) -> dict:
         """The arguments that determine a run's results, paths made absolute, to compare a resume with its run."""

@@ -4,6 +4,8 @@ Copy-paste examples (the password may also come from the DB_PASSWORD environment
 
     python -m image_classifier.data.synthetic --output data/sample_dataset
     image_classifier_trainer --experiment_name demo --run_name run_1 --dataset_folder data/sample_dataset --db_pass x
+    # a folder of your own images, <class>/<image> (or train/<class>/... and test/<class>/...):
+    image_classifier_trainer --experiment_name pets --run_name run_1 --dataset_folder ~/pets --augment --db_pass x
     image_classifier_trainer --experiment_name demo --run_name run_2 --dataset_folder data/sample_dataset \\
         --pretrained_model demo/run_1/model.pth --num_epochs 1 --db_pass x
     # continue a run stopped by Ctrl-C, SIGTERM or a crash:
@@ -44,6 +46,9 @@ from image_classifier.tracking.uri import TRACKING_URI_ENV, tracking_uri_from
 logger = logging.getLogger(__name__)
 
 momentum_float = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+fraction_float = checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+# 8 px: below that a 4-pixel crop padding is more than half the image; 1024 px: 3 MB an image as uint8.
+image_size_int = checked(int, lambda v: 8 <= v <= 1024, "a whole number from 8 to 1024")
 experiment_name_text = checked(str, is_valid_name, NAME_RULE)
 run_name_text = checked(
     str,
@@ -84,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset_folder",
         type=Path,
         default=Path("data/cifar_dataset"),
-        help="folder with metadata.json and cifar-10-batches-py/",
+        help="the CIFAR-10 batches (metadata.json and cifar-10-batches-py/) or a folder of images: <class>/... "
+        "folders, or train/<class>/... with test/ (or val/, validation/) beside it",
     )
     run.add_argument(
         "--pretrained_model",
@@ -100,6 +106,32 @@ def build_parser() -> argparse.ArgumentParser:
         "MLflow); models:/ names then come from its model registry",
     )
     add_password_option(run)
+
+    images = parser.add_argument_group("image folders")
+    images.add_argument(
+        "--image_size",
+        type=image_size_int,
+        default=32,
+        help="images are converted to this many pixels square (CIFAR-10 batches: 32 only)",
+    )
+    images.add_argument(
+        "--test_fraction",
+        type=fraction_float,
+        default=0.2,
+        help="a folder without a test split: this fraction of each class is the test split, drawn from --seed",
+    )
+    images.add_argument(
+        "--skip_bad_images",
+        action="store_true",
+        help="train without the images that cannot be decoded (listed in run.json) instead of stopping",
+    )
+    images.add_argument(
+        "--cache_folder",
+        type=Path,
+        default=None,
+        help="where image folders are decoded once and kept (default: $IMAGE_CLASSIFIER_CACHE, else "
+        "~/.cache/image_classifier/prepared)",
+    )
 
     training = parser.add_argument_group("training")
     training.add_argument("--learning_rate", type=positive_float, default=0.001, help="SGD learning rate")
@@ -127,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "so this has no effect on speed or results",
     )
     training.add_argument("--seed", type=seed_int, default=0, help="seeds every random generator, the data order too")
+    training.add_argument(
+        "--augment",
+        action="store_true",
+        help="random crop (4 pixels of padding) and horizontal flip of every training batch, drawn from --seed",
+    )
     training.add_argument(
         "--device",
         type=device_name,

@@ -1,4 +1,5 @@
-"""run.json's record of the environment a run ran in, and how two such records compare (no torch here)."""
+"""run.json's record of the environment a run ran in and of its image folder, and how two such records compare
+(no torch here)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,26 @@ def differences(before: dict, after: dict, ignore: tuple[str, ...] = ()) -> list
         for key in sorted(before.keys() | after.keys())
         if before.get(key) != after.get(key) and key not in ignore
     ]
+
+
+def dataset_file_differences(before: dict | None, after: dict | None, limit: int = 20) -> list[str]:
+    """What changed between two runs' image-folder manifests (run.json's "dataset_manifest"), file by file:
+    `changed: <path>` (other bytes), `added:`, `removed:`, `relabelled:` (other class or split)."""
+    before_files = (before or {}).get("files") or {}
+    after_files = (after or {}).get("files") or {}
+    lines = []
+    for path in sorted(before_files.keys() | after_files.keys()):
+        old, new = before_files.get(path), after_files.get(path)
+        if old is None:
+            lines.append(f"added: {path}")
+        elif new is None:
+            lines.append(f"removed: {path}")
+        elif old.get("sha256") != new.get("sha256"):
+            lines.append(f"changed: {path} (sha256 {old.get('sha256')} -> {new.get('sha256')})")
+        elif old != new:
+            lines.append(
+                f"relabelled: {path} ({old.get('class')}/{old.get('split')} -> {new.get('class')}/{new.get('split')})"
+            )
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more file(s)"]
+    return [f"dataset_manifest: {line}" for line in lines]

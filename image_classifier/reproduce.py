@@ -36,13 +36,14 @@ from image_classifier.config import TrainConfig
 from image_classifier.data.database import Secret
 from image_classifier.errors import DistributedRunError, UserError
 from image_classifier.main import arguments_for
-from image_classifier.manifest import differences, start_environment
+from image_classifier.manifest import dataset_file_differences, differences, start_environment
 from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
 from image_classifier.tracking.uri import TRACKING_URI_ENV
 
 logger = logging.getLogger(__name__)
 
 TIMING_FIELDS = ("seconds", "images_per_second")  # wall-clock measurements, different in every run
+PREPARED_KEYS = ("folder", "key", "reused")  # where an image folder's decoded copy is, and whether it existed
 
 # Options that appeared after version 1.0.0 (`git log -p -- image_classifier/config.py`), with what runs did
 # before each existed: a run.json without one of them ran that way, whatever today's default is.
@@ -115,13 +116,21 @@ def metric_differences(recorded: dict, reproduced: dict) -> list[str]:
 
 def environment_differences(recorded: dict, reproduced: dict) -> list[str]:
     """What besides the code path could explain different bytes, from the two run.json manifests."""
-    sections = ("dataset", "determinism", "pretrained_model")
+    sections = ("dataset", "determinism", "pretrained_model", "augmentation")
     before = {**start_environment(recorded), **{key: recorded.get(key) for key in sections}}
     after = {**start_environment(reproduced), **{key: reproduced.get(key) for key in sections}}
-    # Paths differ with the directory a run is started from, and a re-run starts from the pretrained file
-    # itself, not from the registry name that found it: the files' hashes are what count.
-    ignore = ("dataset.folder", "pretrained_model.path", "pretrained_model.uri", "pretrained_model.version")
-    return differences(before, after, ignore=ignore)
+    # Paths differ with the directory a run is started from, an image folder's prepared copy with the cache it
+    # is in, and a re-run starts from the pretrained file itself, not from the registry name that found it:
+    # the files' hashes are what count.
+    ignore = (
+        "dataset.folder",
+        "pretrained_model.path",
+        "pretrained_model.uri",
+        "pretrained_model.version",
+        *(f"dataset.prepared.{key}" for key in PREPARED_KEYS),
+    )
+    changes = differences(before, after, ignore=ignore)
+    return changes + dataset_file_differences(recorded.get("dataset_manifest"), reproduced.get("dataset_manifest"))
 
 
 def origin_directory(run_dir: Path, experiments_folder: Path) -> Path:
@@ -266,6 +275,7 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
         run_name=next_repro_name(run_dir),
         dataset_folder=dataset_folder or origin / recorded.dataset_folder,
         pretrained_model=pretrained,
+        cache_folder=origin / recorded.cache_folder if recorded.cache_folder is not None else None,
         # The type of device it ran on, not "auto"; any index, as a GPU of the same model gives the same bytes
         # (under torchrun each process takes its own).
         device=device.partition(":")[0],

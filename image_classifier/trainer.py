@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -34,7 +35,8 @@ from image_classifier.checkpoint import (
     started_config,
 )
 from image_classifier.config import TrainConfig
-from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches, prepare_split
+from image_classifier.data.batches import BatchAugmentation, iterate_batches, num_batches, prepare_split
+from image_classifier.data.data import DataOptions, TrainTestData, get_train_test_data
 from image_classifier.data.database import Secret, load_settings
 from image_classifier.distributed import Runtime, runtime_for, weights_digest
 from image_classifier.errors import DistributedRunError, TrainingInterrupted
@@ -154,13 +156,14 @@ class TrainingSession:
     """The fixed parts of a run, with the operations that need several of them at once."""
 
     config: TrainConfig
-    data: Cifar10Data
+    data: TrainTestData
     runtime: Runtime
     model: torch.nn.Module  # the model itself: what checkpoints hold and evaluation runs
     trained: torch.nn.Module  # what training steps call: the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator  # the data order's own generator
     run_dir: RunDirectory
+    augment: BatchAugmentation | None = None  # --augment, with this rank's own generator
     on_epoch: Callable[[dict], None] = _ignore_epoch  # told each epoch's history entry (tracking)
 
     @property
@@ -175,17 +178,20 @@ class TrainingSession:
     def checkpoint(self, state: RunState) -> dict:
         # Every rank's own loss sums: each rank resumes its part of the epoch's mean loss exactly.
         rank_losses = self.runtime.gather([state.progress.loss_sum, state.progress.window_loss_sum])
+        rng = {**capture_rng_state(), "shuffle": self.shuffle.get_state()}
+        if self.augment is not None:  # each rank draws its own augmentation: every rank's state is kept
+            rng["augment_by_rank"] = self.runtime.gather(self.augment.generator.get_state())
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.result_fields(),
-            "dataset_sha256": self.data.file_sha256,
+            "dataset_sha256": self.data.fingerprint,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "progress": dataclasses.asdict(state.progress),
             "manifest": state.manifest,
             "order": state.order,
             "history": state.history,
-            "rng": {**capture_rng_state(), "shuffle": self.shuffle.get_state()},
+            "rng": rng,
             "torch_num_threads": torch.get_num_threads(),
             "world_size": self.runtime.world_size,
             "rank_losses": rank_losses,
@@ -196,6 +202,8 @@ class TrainingSession:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng_state(checkpoint["rng"])
         self.shuffle.set_state(checkpoint["rng"]["shuffle"])
+        if self.augment is not None:
+            self.augment.generator.set_state(checkpoint["rng"]["augment_by_rank"][self.runtime.rank])
         progress = EpochProgress(**checkpoint["progress"])
         if "rank_losses" in checkpoint:
             progress.loss_sum, progress.window_loss_sum = checkpoint["rank_losses"][self.runtime.rank]
@@ -209,7 +217,9 @@ class TrainingSession:
     def evaluate_test_set(self, stop: StopSignals) -> dict:
         config, data, runtime = self.config, self.data, self.runtime
         shard = runtime.test_shard(len(data.test))
-        test_batches = iterate_batches(data.test, config.eval_batch_size, self.device, shard)
+        test_batches = iterate_batches(
+            data.test, config.eval_batch_size, self.device, shard, memory_format=memory_format(config)
+        )
         steps = num_batches(len(data.test) if shard is None else len(shard), config.eval_batch_size)
         return evaluate(
             self.model,
@@ -250,7 +260,15 @@ class TrainingSession:
                     self._stop_if_asked(stop)
 
                 shard = runtime.shard(state.order)
-                batches = iterate_batches(data.train, config.batch_size, self.device, shard, progress.step)
+                batches = iterate_batches(
+                    data.train,
+                    config.batch_size,
+                    self.device,
+                    shard,
+                    progress.step,
+                    augment=self.augment,
+                    memory_format=memory_format(config),
+                )
                 train_one_epoch(
                     self.trained,
                     batches,
@@ -308,15 +326,20 @@ def _pretrained_record(config: TrainConfig) -> dict | None:
 
 
 def _new_manifest(
-    config: TrainConfig, environment: dict, determinism: dict, data: Cifar10Data, pretrained: dict | None
+    config: TrainConfig,
+    environment: dict,
+    determinism: dict,
+    data: TrainTestData,
+    pretrained: dict | None,
+    augment: BatchAugmentation | None,
 ) -> dict:
-    return {
+    manifest = {
         "status": "running",
         "arguments": config.to_dict(),
         "seed": config.seed,
         "determinism": determinism,
         **environment,
-        "dataset": {"folder": str(config.dataset_folder), "sha256": data.file_sha256},
+        "dataset": {"folder": str(config.dataset_folder), **data.record},
         "classes": list(data.classes),
         "pretrained_model": pretrained,
         "model_sha256": None,
@@ -325,6 +348,11 @@ def _new_manifest(
         "resumes": [],
         "finished_at": None,
     }
+    if augment is not None:
+        manifest["augmentation"] = augment.record()
+    if data.manifest is not None:  # every file of an image folder: last, as it is long
+        manifest["dataset_manifest"] = data.manifest
+    return manifest
 
 
 def _start(session: TrainingSession, pretrained: dict | None, environment: dict, determinism: dict) -> RunState:
@@ -332,7 +360,9 @@ def _start(session: TrainingSession, pretrained: dict | None, environment: dict,
     if pretrained is not None:
         load_weights(session.model, pretrained, config.pretrained_model)
         logger.info("loaded pretrained weights from %s", config.pretrained_model)
-    manifest = _new_manifest(config, environment, determinism, session.data, _pretrained_record(config))
+    manifest = _new_manifest(
+        config, environment, determinism, session.data, _pretrained_record(config), session.augment
+    )
     manifest["world_size"] = session.runtime.world_size
     state = RunState(progress=EpochProgress(epoch=1), manifest=manifest)
     checkpoint = session.checkpoint(state)
@@ -368,7 +398,8 @@ def _open_checkpoint(config: TrainConfig, run_dir: RunDirectory, runtime: Runtim
         if config.resume:
             checkpoint = run_dir.open_for_resume()  # locks the unfinished run for this process
             check_format(checkpoint)
-            check_arguments(checkpoint["config"], config.result_fields())
+            # A field added since the checkpoint was written counts as its default (what that version ran with).
+            check_arguments({**TrainConfig.default_result_fields(), **checkpoint["config"]}, config.result_fields())
             # Checkpoints from before torchrun support were written by one process.
             check_world_size(checkpoint.get("world_size", 1), runtime.world_size)
         else:
@@ -442,9 +473,10 @@ def _train_in(
     if checkpoint is None and config.pretrained_model is not None:
         pretrained = read_state_dict(config.pretrained_model, device)
 
-    data = get_train_test_data(config.dataset_folder, load_settings(), db_password)
+    data = get_train_test_data(config.dataset_folder, load_settings(), db_password, data_options(config))
+    _check_same_data(data, runtime)
     if checkpoint is not None:
-        check_dataset(checkpoint["dataset_sha256"], data.file_sha256, config.dataset_folder)
+        check_dataset(checkpoint["dataset_sha256"], data.fingerprint, config.dataset_folder)
 
     data = dataclasses.replace(
         data,
@@ -458,7 +490,8 @@ def _train_in(
     trained = DistributedDataParallel(model) if runtime.distributed else model
     optimizer = build_optimizer(model, config.learning_rate, config.momentum)
     shuffle = torch.Generator().manual_seed(config.seed)
-    session = TrainingSession(config, data, runtime, model, trained, optimizer, shuffle, run_dir)
+    augment = BatchAugmentation(augment_generator(config.seed, runtime.rank)) if config.augment else None
+    session = TrainingSession(config, data, runtime, model, trained, optimizer, shuffle, run_dir, augment)
     if checkpoint is None:
         state = _start(session, pretrained, environment, determinism)
     else:
@@ -507,6 +540,31 @@ def _train_in(
     run_logger.log_file(run_dir.work_dir / RUN_FILE)
     run_logger.end("FINISHED")
     return run_dir.finish()
+
+
+def data_options(config: TrainConfig) -> DataOptions:
+    return DataOptions(
+        image_size=config.image_size,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        skip_bad_images=config.skip_bad_images,
+        cache_folder=config.cache_folder,
+    )
+
+
+def augment_generator(seed: int, rank: int) -> torch.Generator:
+    """--augment's own CPU generator: from the run's seed, distinct per torchrun rank (each augments its shard)."""
+    derived = int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(derived)
+
+
+def _check_same_data(data: TrainTestData, runtime: Runtime) -> None:
+    """Under torchrun: every rank must have read the same dataset (a file changed between them otherwise)."""
+    if not runtime.distributed:
+        return
+    fingerprints = runtime.gather(data.fingerprint)
+    if any(fingerprint != fingerprints[0] for fingerprint in fingerprints):
+        raise DistributedRunError("the processes read different datasets: a file changed while the job started")
 
 
 def _record_tracking(manifest: dict, run_logger) -> None:

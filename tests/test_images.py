@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from image_classifier.errors import ImageError
-from image_classifier.images import decode_image
+from image_classifier.images import conversion_settings, decode_image
 from tests.serving.conftest import png_declaring
 
 RNG = np.random.default_rng(0)
@@ -262,3 +262,22 @@ def test_converting_holds_at_most_8_bytes_per_declared_pixel_16_for_webp(tmp_pat
     for name, bytes_per_pixel in peaks.items():
         bound = 16 if name.endswith(".webp") else 8
         assert bytes_per_pixel < bound + 0.5, peaks  # the margin: the allocator's own bookkeeping
+
+
+@pytest.mark.parametrize("image_size", [8, 24, 64])
+def test_the_image_size_is_a_setting_of_the_same_rule(image_size):
+    big = RNG.integers(0, 256, (100, 60, 3), dtype=np.uint8)
+    resized = np.asarray(Image.fromarray(big).resize((image_size, image_size), Image.Resampling.BICUBIC))
+    decoded = decode_image(encode(Image.fromarray(big), "PNG"), image_size=image_size)
+    np.testing.assert_array_equal(decoded, chw(resized))
+    exact = RNG.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)  # already that size: untouched
+    np.testing.assert_array_equal(
+        decode_image(encode(Image.fromarray(exact), "PNG"), image_size=image_size), chw(exact)
+    )
+
+
+def test_the_default_size_is_cifars_and_the_settings_name_what_the_pixels_depend_on():
+    assert decode_image(encode(Image.fromarray(RGB), "PNG")).shape == (3, 32, 32)
+    settings = conversion_settings(48)
+    assert settings["image_size"] == 48 and settings["max_pixels"] == 36_000_000
+    assert {"rule_version", "resampling", "pillow"} <= settings.keys()

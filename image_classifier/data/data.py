@@ -1,296 +1,202 @@
-"""Load the CIFAR-10 "python version" batches into memory and cut preprocessed mini-batches from them.
+"""The dataset a run trains on: CIFAR-10 python batches or a folder of images, recognised by its layout.
 
-Each split is read as one uint8 tensor (N x 3 x 32 x 32, R, G, B). The trainer normalises each split once,
-on its device (`prepare_split`), exactly as the notebook's `ToTensor()` + `Normalize((0.5,) * 3, (0.5,) * 3)`
-did, and then only slices batches from it; a split left as uint8 is normalised per batch instead. No
-workers, no per-image PIL work.
-Nothing is ever downloaded: a missing dataset is an error that says where to get CIFAR-10.
+- A folder with `cifar-10-batches-py/` (or `metadata.json` and no sub-folder) is CIFAR-10 (`cifar.py`), read
+  into memory exactly as before image folders existed.
+- A folder with visible sub-folders is an image folder (`folder.py`): scanned, every file hashed, decoded
+  once into a prepared dataset (`prepared.py`) that both splits read memory-mapped.
+The notebook's names (`get_train_test_data`, `iterate_batches`, `num_batches`, `preprocess`) are kept here.
 """
 
 from __future__ import annotations
 
-import codecs
-import hashlib
-import importlib
-import io
-import json
 import logging
-import math
-import pickle
-import re
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from image_classifier.data.batches import ImageSplit, iterate_batches, num_batches, preprocess  # noqa: F401
+from image_classifier.data.cifar import BATCHES_FOLDER, METADATA_FILE, load_dataset
 from image_classifier.data.database import DatabaseSettings, Secret, connect
+from image_classifier.data.folder import (
+    DEFAULT_TEST_FRACTION,
+    SKIP_COUNT_NAMES,
+    TEST,
+    TRAIN,
+    FolderScan,
+    bad_images_message,
+    leaked_pairs,
+    looks_like_image_folder,
+    scan_folder,
+    stratified_split,
+)
+from image_classifier.data.prepared import PreparedData, hash_files, prepare, skipped_not_images
 from image_classifier.errors import DatasetError
+from image_classifier.images import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger(__name__)
 
-BATCHES_FOLDER = "cifar-10-batches-py"
-METADATA_FILE = "metadata.json"
-TEST_BATCH = "test_batch"
-BATCHES_META = "batches.meta"
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-IMAGE_SHAPE = (3, 32, 32)
-_PIXELS_PER_IMAGE = 3 * 32 * 32
-_TRAIN_BATCH_PATTERN = re.compile(r"data_batch_(\d+)")
+IMAGE_FOLDER_FORMAT = "image folder"
+LEAKS_LOGGED = 10  # pairs named in the log; run.json lists them all
 
 
 @dataclass(frozen=True)
-class ImageSplit:
-    """One split held in memory: `images` N x 3 x 32 x 32 (uint8 as read, or float32 once prepared),
-    `labels` int64 N."""
+class DataOptions:
+    """How an image folder becomes training data (CIFAR-10 batches only accept the default image size)."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
+    image_size: int = DEFAULT_IMAGE_SIZE
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    seed: int = 0  # draws the --test_fraction split
+    skip_bad_images: bool = False
+    cache_folder: Path | None = None  # None: prepared.default_cache_folder()
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    processes: int | None = None  # None: every core
 
 
 @dataclass(frozen=True)
-class Cifar10Data:
+class TrainTestData:
     train: ImageSplit
     test: ImageSplit
     classes: tuple[str, ...]
-    file_sha256: dict[str, str]  # every file read, by its path relative to the dataset folder
+    # What a resumed run must find again: every CIFAR-10 file's sha256 by path, or a prepared folder's key
+    # (its files' content and the conversion settings).
+    fingerprint: dict[str, str] | str
+    record: dict  # run.json's "dataset" (the trainer adds the folder)
+    manifest: dict | None = None  # run.json's "dataset_manifest": every file of an image folder
 
 
-# --- safe unpickling -------------------------------------------------------------------------------------
-
-
-class _ForbiddenContent(pickle.UnpicklingError):
-    """The pickle asks for something a CIFAR-10 batch never needs (a pickle can run any code it names)."""
-
-
-def _encode_latin1(text: str, encoding: str = "utf-8") -> bytes:
-    # Python 3 pickles `bytes` at protocol 2 as `_codecs.encode(text, "latin1")`; nothing else is needed.
-    if encoding != "latin1":
-        raise _ForbiddenContent(f"_codecs.encode with encoding {encoding!r} is not allowed")
-    return codecs.encode(text, "latin1")
-
-
-def _numpy_global(module: str, name: str):
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):  # numpy 1.x has numpy.core, numpy 2.x has numpy._core
-        return getattr(importlib.import_module(module.replace("numpy._core", "numpy.core")), name)
-
-
-# Exactly the globals a CIFAR-10 batch refers to: the Python 2 originals use numpy.core.multiarray; the
-# same files written by Python 3 with numpy 2 use numpy._core (and _frombuffer at protocol 5).
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_global("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_global("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"): _numpy_global("numpy._core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"): _numpy_global("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"): _encode_latin1,
-}
-
-
-class _AllowListUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise _ForbiddenContent(f"it refers to {module}.{name}, which CIFAR-10 batches never need") from None
-
-
-def safe_unpickle(payload: bytes, source: Path) -> object:
-    """Unpickle a CIFAR-10 batch without letting it run code: only allow-listed numpy globals resolve."""
-    try:
-        # latin1 is how Python 2 `str` (keys, and numpy's raw bytes) must be decoded, as torchvision does.
-        return _AllowListUnpickler(io.BytesIO(payload), encoding="latin1").load()
-    except _ForbiddenContent as exc:
-        raise DatasetError(f"refusing to load {source}: {exc}") from None
-    except Exception as exc:  # a truncated or garbled file fails in many ways inside pickle and numpy
-        raise DatasetError(f"{source} is not a CIFAR-10 batch file ({type(exc).__name__}: {exc})") from None
-
-
-# --- reading and validating files ------------------------------------------------------------------------
-
-
-def _missing_dataset_message(batches_dir: Path, what: str) -> str:
-    return (
-        f"{what} in {batches_dir}. Download CIFAR-10 (python version) from {CIFAR10_URL} "
-        f"(md5 c58f30108f718f92721af3b95e74349a) and extract it into {batches_dir.parent}, or train on a "
-        f"generated sample: `python -m image_classifier.data.synthetic --output data/sample_dataset`, "
-        f"then --dataset_folder data/sample_dataset"
-    )
-
-
-def load_classes(dataset_folder: Path) -> tuple[str, ...]:
-    """Read the class names, in label order, from `<dataset_folder>/metadata.json`."""
-    path = dataset_folder / METADATA_FILE
-    if not path.is_file():
-        raise DatasetError(f'{path} not found: it must hold {{"classes": [...]}} (see the README)')
-    try:
-        classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f'{path} is not valid metadata: expected {{"classes": [...]}} ({exc})') from None
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
-        raise DatasetError(f'{path}: "classes" must be a list of at least two non-empty names')
-    if len(set(classes)) != len(classes):
-        raise DatasetError(f"{path}: class names must be unique")
-    return tuple(classes)
-
-
-def _as_label_array(labels: object, source: Path) -> np.ndarray:
-    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
-        return labels.astype(np.int64)
-    if isinstance(labels, list) and all(type(label) is int for label in labels):
-        return np.asarray(labels, dtype=np.int64)
-    raise DatasetError(f"{source}: 'labels' must be a list of integers")
-
-
-def parse_batch(batch: object, source: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Check an unpickled batch dict and return its images (N x 3 x 32 x 32 uint8) and labels (N int64)."""
-    if not isinstance(batch, dict):
-        raise DatasetError(f"{source}: expected a dict with 'data' and 'labels', found {type(batch).__name__}")
-    batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
-    missing = [key for key in ("data", "labels") if key not in batch]
-    if missing:
-        raise DatasetError(f"{source}: missing {', '.join(repr(key) for key in missing)}")
-    data = batch["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        raise DatasetError(f"{source}: 'data' must be a 2-D uint8 array")
-    if data.shape[1] != _PIXELS_PER_IMAGE or data.shape[0] == 0:
-        raise DatasetError(f"{source}: 'data' has shape {data.shape}, expected (N, {_PIXELS_PER_IMAGE}) with N > 0")
-    labels = _as_label_array(batch["labels"], source)
-    if len(labels) != len(data):
-        raise DatasetError(f"{source}: {len(labels)} labels for {len(data)} images")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise DatasetError(
-            f"{source}: labels range over {labels.min()}..{labels.max()}, "
-            f"but {METADATA_FILE} names {num_classes} classes (0..{num_classes - 1})"
-        )
-    # Each row is 1024 red, 1024 green, 1024 blue values, each plane 32 x 32 row-major.
-    return data.reshape(-1, *IMAGE_SHAPE), labels
-
-
-def _read_file(path: Path, hashes: dict[str, str], dataset_folder: Path) -> bytes:
-    payload = path.read_bytes()
-    hashes[path.relative_to(dataset_folder).as_posix()] = hashlib.sha256(payload).hexdigest()
-    return payload
-
-
-def _read_split(paths: list[Path], num_classes: int, hashes: dict[str, str], dataset_folder: Path) -> ImageSplit:
-    parts = [
-        parse_batch(safe_unpickle(_read_file(path, hashes, dataset_folder), path), path, num_classes) for path in paths
-    ]
-    images = np.concatenate([images for images, _ in parts])
-    labels = np.concatenate([labels for _, labels in parts])
-    return ImageSplit(images=torch.from_numpy(images), labels=torch.from_numpy(labels))
-
-
-def _train_batch_paths(batches_dir: Path) -> list[Path]:
-    numbered = []
-    for path in batches_dir.iterdir():
-        match = _TRAIN_BATCH_PATTERN.fullmatch(path.name)
-        if match and path.is_file():
-            numbered.append((int(match.group(1)), path))
-    return [path for _, path in sorted(numbered)]
-
-
-def _check_batches_meta(path: Path, num_classes: int, hashes: dict[str, str], dataset_folder: Path) -> None:
-    meta = safe_unpickle(_read_file(path, hashes, dataset_folder), path)
-    label_names = meta.get("label_names") if isinstance(meta, dict) else None
-    if not isinstance(label_names, list):
-        raise DatasetError(f"{path}: expected a dict with 'label_names'")
-    if len(label_names) != num_classes:
-        raise DatasetError(f"{path} names {len(label_names)} classes but {METADATA_FILE} names {num_classes}")
-
-
-def load_dataset(dataset_folder: Path) -> Cifar10Data:
-    """Read every `data_batch_<n>` as training data and `test_batch` as test data, checking each file."""
-    classes = load_classes(dataset_folder)
-    batches_dir = dataset_folder / BATCHES_FOLDER
-    if not batches_dir.is_dir():
-        raise DatasetError(_missing_dataset_message(batches_dir, "no CIFAR-10 batches folder"))
-    train_paths = _train_batch_paths(batches_dir)
-    if not train_paths:
-        raise DatasetError(_missing_dataset_message(batches_dir, "no training batch (data_batch_1, ...)"))
-    test_path = batches_dir / TEST_BATCH
-    if not test_path.is_file():
-        raise DatasetError(_missing_dataset_message(batches_dir, f"no {TEST_BATCH}"))
-
-    hashes: dict[str, str] = {}
-    _read_file(dataset_folder / METADATA_FILE, hashes, dataset_folder)
-    if (batches_dir / BATCHES_META).is_file():
-        _check_batches_meta(batches_dir / BATCHES_META, len(classes), hashes, dataset_folder)
-    train = _read_split(train_paths, len(classes), hashes, dataset_folder)
-    test = _read_split([test_path], len(classes), hashes, dataset_folder)
-    logger.info(
-        "loaded %d training images from %d batch file(s) and %d test images from %s",
-        len(train),
-        len(train_paths),
-        len(test),
-        dataset_folder,
-    )
-    return Cifar10Data(train=train, test=test, classes=classes, file_sha256=hashes)
-
-
-def get_train_test_data(dataset_folder: Path, db_settings: DatabaseSettings, db_password: Secret) -> Cifar10Data:
+def get_train_test_data(
+    dataset_folder: Path, db_settings: DatabaseSettings, db_password: Secret, options: DataOptions = DataOptions()
+) -> TrainTestData:
     """The notebook's `get_train_test_data_loader`: "fetch" the data through the (mocked) database."""
     connect(db_settings, db_password)
-    return load_dataset(dataset_folder)
+    return load_train_test_data(dataset_folder, options)
 
 
-# --- preprocessing and batching --------------------------------------------------------------------------
+def load_train_test_data(dataset_folder: Path, options: DataOptions = DataOptions()) -> TrainTestData:
+    image_folder = looks_like_image_folder(dataset_folder)
+    if (dataset_folder / BATCHES_FOLDER).exists() or ((dataset_folder / METADATA_FILE).is_file() and not image_folder):
+        return _cifar(dataset_folder, options)  # its own errors say what is missing and where to get it
+    if image_folder:
+        return load_image_folder(dataset_folder, options)
+    raise DatasetError(
+        f"no dataset in {dataset_folder}: expected an image folder (<class>/ or train/<class>/ folders of "
+        f"images) or the CIFAR-10 python batches ({METADATA_FILE} and {BATCHES_FOLDER}/; see the README)"
+    )
 
 
-def preprocess(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x 3 x 32 x 32 -> float32 in [-1, 1]: the notebook's ToTensor() then Normalize(0.5, 0.5).
-
-    The same operations in the same order as torchvision's, so the values are bit-for-bit identical.
-    """
-    return images.to(torch.float32).div(255).sub(0.5).div(0.5)
-
-
-def prepare_split(
-    split: ImageSplit, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
-) -> ImageSplit:
-    """The split normalised once and held on `device`: batches are then slices, with no work per batch.
-
-    The full training set takes 50,000 x 3,072 x 4 bytes = 600 MB as float32. The values are those that
-    `preprocess` gives per batch, bit for bit (the same element-wise operations).
-    """
-    images = preprocess(split.images.to(device)).contiguous(memory_format=memory_format)
-    return ImageSplit(images=images, labels=split.labels.to(device))
+def _cifar(dataset_folder: Path, options: DataOptions) -> TrainTestData:
+    if options.image_size != DEFAULT_IMAGE_SIZE:
+        raise DatasetError(
+            f"--image_size {options.image_size}: the CIFAR-10 batches in {dataset_folder} hold "
+            f"{DEFAULT_IMAGE_SIZE} x {DEFAULT_IMAGE_SIZE} images; --image_size applies to image folders"
+        )
+    data = load_dataset(dataset_folder)
+    return TrainTestData(
+        train=data.train,
+        test=data.test,
+        classes=data.classes,
+        fingerprint=data.file_sha256,
+        record={"sha256": data.file_sha256},
+    )
 
 
-def num_batches(num_images: int, batch_size: int) -> int:
-    return math.ceil(num_images / batch_size)
+def load_image_folder(root: Path, options: DataOptions) -> TrainTestData:
+    """Scan, hash, prepare (or reuse) and split an image folder; every bad image is found before training."""
+    scan = scan_folder(root)
+    hashes, unreadable = hash_files(root, [file.path for file in scan.files], options.processes)
+    prepared = prepare(
+        scan, hashes, unreadable, options.image_size, options.cache_folder, options.max_pixels, options.processes
+    )
+    if prepared.bad_images and not options.skip_bad_images:
+        raise DatasetError(bad_images_message(root, prepared.bad_images))
+    for item in prepared.bad_images:
+        logger.warning("skipping bad image %s: %s", item["path"], item["reason"])
+    labels = prepared.labels
+    _check_classes_have_images(scan, prepared)
+    if scan.has_test_split:
+        is_test = np.array([row["split"] == TEST for row in prepared.rows], dtype=bool)
+    else:
+        is_test = stratified_split(labels, options.test_fraction, options.seed, scan.classes)
+    tested = set(labels[is_test].tolist())
+    without_test = [name for label, name in enumerate(scan.classes) if label not in tested]
+    if without_test:
+        logger.warning("classes without test images (their test accuracy is n/a): %s", ", ".join(without_test))
+    if not is_test.any():
+        raise DatasetError(f"{root}: the test split holds no image")
+    paths = [row["path"] for row in prepared.rows]
+    leaks = leaked_pairs(paths, [row["sha256"] for row in prepared.rows], is_test)
+    if leaks:
+        named = "; ".join(f"{test} = {train}" for train, test in leaks[:LEAKS_LOGGED])
+        more = f" and {len(leaks) - LEAKS_LOGGED} more (run.json lists them all)" if len(leaks) > LEAKS_LOGGED else ""
+        logger.warning(
+            "%d test image(s) have the same bytes as a training image (leakage): %s%s", len(leaks), named, more
+        )
+    skipped = [*scan.skipped, *skipped_not_images(prepared)]
+    if skipped:
+        counts = Counter(reason for _, reason in skipped)
+        logger.info("skipped %d file(s): %s", len(skipped), ", ".join(f"{n} {why}" for why, n in counts.items()))
+    images = torch.from_numpy(prepared.images)
+    train_rows, test_rows = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    train = ImageSplit(images, torch.from_numpy(labels[train_rows]), torch.from_numpy(train_rows))
+    test = ImageSplit(images, torch.from_numpy(labels[test_rows]), torch.from_numpy(test_rows))
+    logger.info(
+        "image folder %s (%s, classes from %s): %d training and %d test images of %d classes at %d x %d",
+        root,
+        scan.layout,
+        scan.classes_from,
+        len(train),
+        len(test),
+        len(scan.classes),
+        options.image_size,
+        options.image_size,
+    )
+    record = _record(scan, prepared, options, len(train), len(test), skipped, len(leaks))
+    manifest = _manifest(scan, prepared, is_test, skipped, leaks)
+    return TrainTestData(train, test, scan.classes, prepared.key, record, manifest)
 
 
-def iterate_batches(
-    split: ImageSplit,
-    batch_size: int,
-    device: torch.device,
-    order: torch.Tensor | None = None,
-    start_batch: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield preprocessed (images, labels) mini-batches in `order` (default: as stored), from `start_batch`.
-
-    The last batch is smaller when `batch_size` does not divide the split, like DataLoader's default.
-    A prepared (float) split is only sliced; a uint8 one is normalised batch by batch.
-    """
-    if order is None:
-        for start in range(start_batch * batch_size, len(split), batch_size):
-            yield _batch(split.images[start : start + batch_size], split.labels[start : start + batch_size], device)
-        return
-    order = order.to(split.labels.device)
-    for start in range(start_batch * batch_size, len(order), batch_size):
-        batch_indices = order[start : start + batch_size]
-        yield _batch(split.images[batch_indices], split.labels[batch_indices], device)
+def _check_classes_have_images(scan: FolderScan, prepared: PreparedData) -> None:
+    counts = np.bincount(
+        [row["label"] for row in prepared.rows if row["split"] != TEST], minlength=len(scan.classes)
+    ).tolist()
+    empty = [name for name, count in zip(scan.classes, counts) if count == 0]
+    if empty:
+        raise DatasetError(f"{scan.root}: classes without any training image that decodes: {', '.join(empty)}")
 
 
-def _batch(images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    return (images if images.is_floating_point() else preprocess(images)), labels
+def _record(scan, prepared, options, train_size, test_size, skipped, leaks) -> dict:
+    if scan.has_test_split:
+        split = {"from": "folders", "layout": scan.layout}
+    else:
+        split = {"from": "--test_fraction", "test_fraction": options.test_fraction, "seed": options.seed}
+    return {
+        "format": IMAGE_FOLDER_FORMAT,
+        "layout": scan.layout,
+        "classes_from": scan.classes_from,
+        "sha256": prepared.dataset_sha256,
+        "images": {TRAIN: train_size, TEST: test_size},
+        "split": split,
+        "conversion": prepared.conversion,
+        "prepared": {"folder": str(prepared.folder), "key": prepared.key, "reused": prepared.reused},
+        "skipped": dict(sorted(Counter(SKIP_COUNT_NAMES[reason] for _, reason in skipped).items())),
+        "bad_images_skipped": len(prepared.bad_images),
+        "leaked_test_images": leaks,
+    }
+
+
+def _manifest(scan, prepared, is_test, skipped, leaks) -> dict:
+    files = {
+        row["path"]: {"class": scan.classes[row["label"]], "split": TEST if test else TRAIN, "sha256": row["sha256"]}
+        for row, test in zip(prepared.rows, is_test.tolist())
+    }
+    return {
+        "sha256": prepared.dataset_sha256,
+        "classes": list(scan.classes),
+        "files": files,
+        "bad_images": prepared.bad_images,
+        "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+        "leaks": [{"train": train, "test": test} for train, test in leaks],
+    }

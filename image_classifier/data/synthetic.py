@@ -1,17 +1,25 @@
-"""Generate a CIFAR-10-format dataset of procedurally drawn images, for tests, demos and CI.
+"""Generate sample datasets of procedurally drawn images, for tests, demos, benchmarks and CI.
 
-The files are byte-for-byte in the format of the official "python version" (Python 2 pickles, protocol 2,
-numpy arrays through `numpy.core.multiarray._reconstruct`), so every code path that reads them also reads
-the real CIFAR-10. Each of the ten classes is one shape in one hue band, drawn at a random place, size
-and brightness on a random background with noise: easy enough for the notebook's model to learn in a
-couple of epochs, varied enough that it has to.
+Two forms of the same pictures:
+- the CIFAR-10 format, byte-for-byte that of the official "python version" (Python 2 pickles, protocol 2,
+  numpy arrays through `numpy.core.multiarray._reconstruct`), so every code path that reads them also
+  reads the real CIFAR-10;
+- an image folder, `train/<class>/` and `test/<class>/` (or `<class>/` only), of PNG and JPEG files of
+  mixed sizes and modes (RGB, grey, RGBA, palette), with upper- and lower-case suffixes: what people's own
+  image folders look like.
+Each of the ten classes is one shape in one hue band, drawn at a random place, size and brightness on a
+random background with noise: easy enough for the notebook's model to learn in a couple of epochs, varied
+enough that it has to.
 
     python -m image_classifier.data.synthetic --output data/sample_dataset --train-size 5000 --test-size 1000
+    python -m image_classifier.data.synthetic --image-folder --output data/sample_images --train-size 500 \\
+        --test-size 100 --min-side 24 --max-side 64
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import struct
@@ -21,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from image_classifier.cli import ArgumentParser, non_negative_int, positive_int
-from image_classifier.data.data import BATCHES_FOLDER, BATCHES_META, METADATA_FILE, TEST_BATCH
+from image_classifier.data.cifar import BATCHES_FOLDER, BATCHES_META, METADATA_FILE, TEST_BATCH
 from image_classifier.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -226,16 +234,96 @@ def generate_dataset(output: Path, train_size: int, test_size: int, seed: int = 
     return batches_dir
 
 
+# (format, mode, suffix) drawn per file: PNG in every mode it stores, JPEG in the two it does.
+_FILE_KINDS = (
+    ("PNG", "RGB", ".png"),
+    ("PNG", "L", ".png"),
+    ("PNG", "RGBA", ".PNG"),
+    ("PNG", "P", ".png"),
+    ("JPEG", "RGB", ".jpg"),
+    ("JPEG", "RGB", ".JPEG"),
+    ("JPEG", "L", ".jpeg"),
+)
+
+
+def _image_file(pixels: np.ndarray, kind: tuple[str, str, str], side: tuple[int, int], rng) -> bytes:
+    """One drawn image (3 x 32 x 32) as a file of the given kind, resized to `side` (width, height)."""
+    from PIL import Image  # only the image-folder form needs Pillow
+
+    fmt, mode, _ = kind
+    image = Image.fromarray(pixels.transpose(1, 2, 0)).resize(side, Image.Resampling.BILINEAR)
+    if mode == "RGBA":
+        alpha = rng.integers(160, 256, (side[1], side[0]), dtype=np.uint8)
+        image = Image.merge("RGBA", (*image.split(), Image.fromarray(alpha)))
+    elif mode == "P":
+        image = image.quantize(64)
+    else:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def generate_image_folder(
+    output: Path,
+    train_size: int,
+    test_size: int,
+    seed: int = 0,
+    min_side: int = 24,
+    max_side: int = 64,
+    with_test_folder: bool = True,
+    classes: tuple[str, ...] = CLASSES,
+) -> Path:
+    """Write `<output>/train/<class>/*` and `<output>/test/<class>/*` (or `<output>/<class>/*` for
+    train_size + test_size images when not `with_test_folder`): PNG and JPEG files of mixed sizes and modes."""
+    if train_size < len(classes) or (with_test_folder and test_size < len(classes)):
+        raise UserError(f"need at least one image per class ({len(classes)}) in each split")
+    if not 1 <= min_side <= max_side:
+        raise UserError("need 1 <= --min-side <= --max-side")
+    if output.exists() and any(output.iterdir()):
+        raise UserError(f"{output} already exists and is not empty; delete it or choose another --output")
+    rng = np.random.default_rng(seed)
+    splits = [("train", train_size), ("test", test_size)] if with_test_folder else [("", train_size + test_size)]
+    for split, size in splits:
+        labels = rng.permutation(np.arange(size) % len(classes))
+        images = draw_images(labels, rng, num_classes=len(classes))
+        for name in classes:
+            (output / split / name).mkdir(parents=True, exist_ok=True)
+        kinds = rng.integers(0, len(_FILE_KINDS), size)
+        sides = rng.integers(min_side, max_side + 1, (size, 2))
+        for index, (label, pixels) in enumerate(zip(labels, images)):
+            kind = _FILE_KINDS[kinds[index]]
+            payload = _image_file(pixels, kind, (int(sides[index, 0]), int(sides[index, 1])), rng)
+            (output / split / classes[label] / f"{classes[label]}_{split or 'all'}_{index:06d}{kind[2]}").write_bytes(
+                payload
+            )
+    return output
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m image_classifier.data.synthetic",
-        description="Generate a learnable dataset in the exact CIFAR-10 python-batches file format.",
+        description="Generate a learnable dataset in the exact CIFAR-10 python-batches file format, or as a "
+        "folder of PNG and JPEG images (--image-folder).",
     )
     parser.add_argument("--output", type=Path, required=True, help="dataset folder to create (required)")
     parser.add_argument("--train-size", type=non_negative_int, default=5000, help="training images")
     parser.add_argument("--test-size", type=non_negative_int, default=1000, help="test images")
     parser.add_argument("--train-batches", type=positive_int, default=5, help="data_batch_<n> files")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    folder = parser.add_argument_group("image folder")
+    folder.add_argument(
+        "--image-folder",
+        action="store_true",
+        help="write train/<class>/ and test/<class>/ folders of PNG and JPEG files instead of CIFAR-10 batches",
+    )
+    folder.add_argument("--min-side", type=positive_int, default=24, help="smallest image width or height")
+    folder.add_argument("--max-side", type=positive_int, default=64, help="largest image width or height")
+    folder.add_argument(
+        "--no-test-folder",
+        action="store_true",
+        help="one <class>/ tree of train-size + test-size images, for --test_fraction to split",
+    )
     return parser
 
 
@@ -243,11 +331,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        batches_dir = generate_dataset(args.output, args.train_size, args.test_size, args.seed, args.train_batches)
+        if args.image_folder:
+            written = generate_image_folder(
+                args.output,
+                args.train_size,
+                args.test_size,
+                args.seed,
+                args.min_side,
+                args.max_side,
+                with_test_folder=not args.no_test_folder,
+            )
+        else:
+            written = generate_dataset(args.output, args.train_size, args.test_size, args.seed, args.train_batches)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    logger.info("wrote %d training and %d test images to %s", args.train_size, args.test_size, batches_dir)
+    logger.info("wrote %d training and %d test images to %s", args.train_size, args.test_size, written)
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from image_classifier.data.data import preprocess
+from image_classifier.data.batches import preprocess
 from image_classifier.model.model import Net, load_weights
 from image_classifier.serving import registry_client
 from image_classifier.serving.errors import ModelSourceError

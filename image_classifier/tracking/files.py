@@ -1,13 +1,10 @@
-"""Writing the tracking code's own files (the registry): strict JSON, atomic replacement, a writers' lock."""
+"""Writing the tracking code's own files (the registry): strict JSON, atomic replacement."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import glob
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from image_classifier.run_dir import finite_json
@@ -21,8 +18,8 @@ def to_strict_json(data) -> str:
 
 def write_json_atomically(path: Path, data) -> None:
     """Write a sibling, fsync it, rename it over `path`, fsync the folder: a crash leaves the old or the new
-    file, never half of one. The caller serialises writers (see `exclusive_lock`), so another process's
-    temporary sibling found here is what a writer killed mid-write left behind: it is removed."""
+    file, never half of one. The caller serialises writers (see `image_classifier.locking`), so another
+    process's temporary sibling found here is what a writer killed mid-write left behind: it is removed."""
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         leftover.unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -39,18 +36,3 @@ def write_json_atomically(path: Path, data) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
-
-
-@contextlib.contextmanager
-def exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """Hold an advisory `flock` on `lock_path` (created if missing); the kernel drops it if the process dies.
-
-    The lock is on a sibling file, not on the document itself, because the document is replaced by rename
-    and a lock on a replaced inode would no longer exclude anyone.
-    """
-    with lock_path.open("a") as stream:
-        fcntl.flock(stream.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(stream.fileno(), fcntl.LOCK_UN)

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from image_classifier.config import check_name
 from image_classifier.errors import RegistryError, UserError
+from image_classifier.locking import exclusive_lock
 from image_classifier.run_dir import MODEL_FILE, sha256_of, warn_if_lock_is_local
-from image_classifier.tracking.files import exclusive_lock, write_json_atomically
+from image_classifier.tracking.files import write_json_atomically
 from image_classifier.tracking.records import COMPLETED, RunRecord, read_run
 
 MODEL_URI_PREFIX = "models:/"

@@ -13,17 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torchvision import transforms
 
-from image_classifier.data.data import (
-    CIFAR10_URL,
-    ImageSplit,
-    iterate_batches,
-    load_classes,
-    load_dataset,
-    num_batches,
-    prepare_split,
-    preprocess,
-    safe_unpickle,
-)
+from image_classifier.data.batches import ImageSplit, iterate_batches, num_batches, prepare_split, preprocess
+from image_classifier.data.cifar import CIFAR10_URL, load_classes, load_dataset, safe_unpickle
 from image_classifier.data.synthetic import py2_pickle_dict
 from image_classifier.errors import DatasetError
 from tests.conftest import FIXTURES, TEST_SIZE, TRAIN_SIZE
@@ -113,7 +104,8 @@ def test_preprocessing_is_bit_identical_to_the_notebooks_transforms(dataset):
     images_hwc = data.test.images[:20].permute(0, 2, 3, 1).numpy()
     expected = torch.stack([notebook_transform(image) for image in images_hwc])
     assert torch.equal(preprocess(data.test.images[:20]), expected)
-    assert preprocess(torch.tensor([[[[0, 255]]]], dtype=torch.uint8)).tolist() == [[[[-1.0, 1.0]]]]
+    extremes = torch.tensor([[[[0, 255]]] * 3], dtype=torch.uint8)  # 1 x 3 x 1 x 2: black and white pixels
+    assert preprocess(extremes).tolist() == [[[[-1.0, 1.0]]] * 3]
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
@@ -277,3 +269,40 @@ def test_a_prepared_split_gives_the_per_batch_values_bit_for_bit():
         iterate_batches(split, 3, torch.device("cpu"), order), iterate_batches(prepared, 3, torch.device("cpu"), order)
     ):
         assert torch.equal(raw, ready) and torch.equal(raw_labels, ready_labels)
+
+
+# --- which kind of dataset a folder is -------------------------------------------------------------------
+
+
+def test_cifar_batches_are_recognised_and_read_as_before(dataset, tmp_path):
+    from image_classifier.data.data import DataOptions, load_train_test_data
+
+    data, direct = load_train_test_data(dataset), load_dataset(dataset)
+    assert torch.equal(data.train.images, direct.train.images) and torch.equal(data.test.labels, direct.test.labels)
+    assert data.fingerprint == direct.file_sha256 and data.record == {"sha256": direct.file_sha256}
+    assert data.manifest is None and data.train.rows is None
+    with pytest.raises(DatasetError, match="--image_size 24: the CIFAR-10 batches .* hold 32 x 32"):
+        load_train_test_data(dataset, DataOptions(image_size=24))
+
+
+def test_a_folder_that_is_neither_kind_says_what_either_needs(tmp_path):
+    from image_classifier.data.data import load_train_test_data
+
+    with pytest.raises(DatasetError, match="no dataset in .*<class>/ or train/<class>/.*metadata.json"):
+        load_train_test_data(tmp_path)
+    (tmp_path / ".hidden").mkdir()
+    with pytest.raises(DatasetError, match="no dataset in"):
+        load_train_test_data(tmp_path)
+    (tmp_path / "metadata.json").write_text('{"classes": ["a", "b"]}')
+    with pytest.raises(DatasetError, match="no CIFAR-10 batches folder"):
+        load_train_test_data(tmp_path)  # metadata.json alone: CIFAR-10 without its batches
+
+
+def test_metadata_json_beside_class_folders_is_an_image_folder(tmp_path):
+    from image_classifier.data.data import DataOptions, load_train_test_data
+    from tests.data.folders import simple_folder
+
+    simple_folder(tmp_path / "d", {"a": 3, "b": 3})
+    (tmp_path / "d" / "metadata.json").write_text('{"classes": ["b", "a"]}')
+    data = load_train_test_data(tmp_path / "d", DataOptions(cache_folder=tmp_path / "cache"))
+    assert data.classes == ("b", "a") and data.record["format"] == "image folder"

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from image_classifier.data.data import load_dataset
+from image_classifier.data.cifar import load_dataset
 from image_classifier.data.synthetic import CLASSES, draw_images, generate_dataset, main
 from image_classifier.errors import UserError
 

@@ -2,7 +2,7 @@ import logging
 
 import torch
 
-from image_classifier.data.data import ImageSplit, iterate_batches
+from image_classifier.data.batches import ImageSplit, iterate_batches
 from image_classifier.model import training
 from image_classifier.model.model import Net
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch

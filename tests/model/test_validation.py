@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from image_classifier.data.data import ImageSplit, iterate_batches
+from image_classifier.data.batches import ImageSplit, iterate_batches
 from image_classifier.model.validation import evaluate
 
 
@@ -70,7 +70,8 @@ def test_confusion_matrix_and_test_loss_are_right_for_every_batch_size(batch_siz
 
 def test_the_eval_batch_size_does_not_change_the_counts(dataset):
     """A trained model evaluated at batch 4 (the training batch size) and at 1000 counts the same images right."""
-    from image_classifier.data.data import load_dataset, prepare_split
+    from image_classifier.data.batches import prepare_split
+    from image_classifier.data.cifar import load_dataset
     from image_classifier.model.model import Net
     from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 

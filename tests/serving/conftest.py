@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from image_classifier.data.data import load_dataset, preprocess
+from image_classifier.data.batches import preprocess
+from image_classifier.data.cifar import load_dataset
 from image_classifier.model.model import Net
 from tests.conftest import command, run_trainer, trainer_args
 
