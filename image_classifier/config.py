@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from image_classifier.errors import UserError
+from image_classifier.model.spec import check_architecture_name
 from image_classifier.run_dir import INCOMPLETE_SUFFIX
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
@@ -30,6 +31,7 @@ class TrainConfig:
     num_threads: int = 0  # 0: chosen from the batch size (see trainer.torch_threads_for)
     channels_last: bool = True
     amp: bool = False
+    architecture: str = "net"  # the notebook's Net, or a torchvision classification model by name
     pretrained_model: Path | None = None
     # --pretrained_model models:/NAME/VERSION or models:/NAME@ALIAS as given, and the version it resolved to
     # (tracking/pretrained.py then sets pretrained_model to that version's file).
@@ -48,6 +50,7 @@ class TrainConfig:
             check_name(label, name)
         if self.run_name.endswith(INCOMPLETE_SUFFIX):
             raise UserError(f"invalid run name {self.run_name!r}: '{INCOMPLETE_SUFFIX}' marks unfinished runs")
+        check_architecture_name(self.architecture)  # whether it exists is checked when the run starts
 
     @property
     def run_dir(self) -> Path:

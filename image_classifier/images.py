@@ -1,4 +1,7 @@
-"""Turn an image file's bytes into the model's input: uint8 3 x 32 x 32, R, G, B, as CIFAR-10 stores it.
+"""Turn an image file's bytes into the model's input: uint8 3 x S x S, R, G, B, as CIFAR-10 stores it.
+
+S is the image size, 32 by default (CIFAR-10's); training on an image folder (`--image_size`) and serving
+the model it gives both convert with this module, at the size the run recorded.
 
 The one conversion rule (the README's "Serving predictions" states it too):
 1. only PNG, JPEG, BMP, GIF and WebP are decoded (the first frame of an animation); the declared size is
@@ -8,10 +11,10 @@ The one conversion rule (the README's "Serving predictions" states it too):
 3. 16-bit images keep their high byte, v >> 8: that is what Pillow does with 16-bit colour PNGs as it reads
    them, and 16-bit grey follows the same rule (an 8-bit image scaled to 16 bits, v8 * 257, gets v8 back);
 4. transparency (an alpha channel or a transparent palette entry) is composited over white;
-5. the result is RGB; anything but 32 x 32 is resized to 32 x 32 with Pillow's BICUBIC filter (which
+5. the result is RGB; anything but S x S is resized to S x S with Pillow's BICUBIC filter (which
    antialiases when shrinking), stretching rather than cropping, so the whole picture is seen;
 6. then the training normalisation, `preprocess`, is applied to the batch by the model code.
-A 32 x 32 RGB image without transparency skips steps 3-5: its pixels are exactly the training data's.
+An S x S RGB image without transparency skips steps 3-5: its pixels are exactly the training data's.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from image_classifier.errors import ImageError
 
-SIZE = (32, 32)
+DEFAULT_IMAGE_SIZE = 32  # CIFAR-10's, and the notebook model's
+# Bumped whenever the rule below changes what any input converts to: prepared datasets are keyed by it.
+RULE_VERSION = 1
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # 36 megapixels: a 6000 x 6000 photo decodes (about 150 MB at 4 bytes a pixel); a bomb declaring more does not.
@@ -33,9 +39,11 @@ _WHITE = (255, 255, 255, 255)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def decode_image(payload: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """The model input for one image file's bytes: uint8 3 x 32 x 32. Raises ImageError for bad input."""
-    return convert_image(open_image(payload, max_pixels))
+def decode_image(
+    payload: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, image_size: int = DEFAULT_IMAGE_SIZE
+) -> np.ndarray:
+    """The model input for one image file's bytes: uint8 3 x S x S. Raises ImageError for bad input."""
+    return convert_image(open_image(payload, max_pixels), image_size)
 
 
 def open_image(payload: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -45,10 +53,10 @@ def open_image(payload: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     return _open(payload, max_pixels)
 
 
-def convert_image(image: Image.Image) -> np.ndarray:
-    """Decode the pixels of an opened image and convert them per the module's rule: uint8 3 x 32 x 32."""
+def convert_image(image: Image.Image, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """Decode the pixels of an opened image and convert them per the module's rule: uint8 3 x S x S."""
     try:
-        rgb = _to_rgb_32(image)
+        rgb = _to_rgb(image, (image_size, image_size))
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image too large: {exc}", status=413) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -81,8 +89,19 @@ def _open(payload: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _to_rgb_32(image: Image.Image) -> Image.Image:
-    """Decode and convert per the module's rule; a 32 x 32 RGB image without transparency is untouched."""
+def conversion_settings(image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """What the rule's output depends on besides the bytes: recorded with, and keying, prepared data."""
+    return {
+        "rule_version": RULE_VERSION,
+        "image_size": image_size,
+        "resampling": RESAMPLING.name,
+        "max_pixels": max_pixels,
+        "pillow": PIL.__version__,  # another Pillow (and its codecs) may decode JPEG differently
+    }
+
+
+def _to_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Decode and convert per the module's rule; an RGB image of `size` without transparency is untouched."""
     image.load()  # decodes the first frame; raises on a truncated file
     image = ImageOps.exif_transpose(image)
     if image.mode in _SIXTEEN_BIT_MODES:
@@ -94,8 +113,8 @@ def _to_rgb_32(image: Image.Image) -> Image.Image:
         rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
     else:
         rgb = image.convert("RGB")
-    if rgb.size != SIZE:
-        rgb = rgb.resize(SIZE, RESAMPLING)
+    if rgb.size != size:
+        rgb = rgb.resize(size, RESAMPLING)
     return rgb
 
 

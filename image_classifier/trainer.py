@@ -28,9 +28,16 @@ from image_classifier.config import TrainConfig
 from image_classifier.data.data import Cifar10Data, get_train_test_data, iterate_batches, num_batches, prepare_split
 from image_classifier.data.database import Secret, load_settings
 from image_classifier.distributed import Runtime, runtime_for, weights_digest
-from image_classifier.errors import DistributedRunError, RunDirectoryError, TrainingInterrupted
+from image_classifier.errors import DistributedRunError, ModelSpecError, RunDirectoryError, TrainingInterrupted
 from image_classifier.manifest import differences, last_environment
-from image_classifier.model.model import build_model, load_weights, read_state_dict
+from image_classifier.model.architectures import (
+    build_model,
+    check_architecture,
+    check_trains_on_one_image,
+    load_pretrained,
+)
+from image_classifier.model.model import read_state_dict
+from image_classifier.model.spec import SPEC_KEY, ModelSpec, new_spec
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
 from image_classifier.reproducibility import (
@@ -157,6 +164,7 @@ class TrainingSession:
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator  # the data order's own generator
     run_dir: RunDirectory
+    spec: ModelSpec  # what run.json records: how to rebuild the model and feed it
     on_epoch: Callable[[dict], None] = _ignore_epoch  # told each epoch's history entry (tracking)
 
     @property
@@ -342,7 +350,12 @@ def _pretrained_record(config: TrainConfig) -> dict | None:
 
 
 def _new_manifest(
-    config: TrainConfig, environment: dict, determinism: dict, data: Cifar10Data, pretrained: dict | None
+    config: TrainConfig,
+    environment: dict,
+    determinism: dict,
+    data: Cifar10Data,
+    spec: ModelSpec,
+    pretrained: dict | None,
 ) -> dict:
     return {
         "status": "running",
@@ -351,7 +364,8 @@ def _new_manifest(
         "determinism": determinism,
         **environment,
         "dataset": {"folder": str(config.dataset_folder), "sha256": data.file_sha256},
-        "classes": list(data.classes),
+        SPEC_KEY: spec.to_dict(),
+        "classes": list(data.classes),  # also in the spec; kept for readers of earlier versions
         "pretrained_model": pretrained,
         "model_sha256": None,
         "diverged": False,
@@ -364,9 +378,9 @@ def _new_manifest(
 def _start(session: TrainingSession, pretrained: dict | None, environment: dict, determinism: dict) -> RunState:
     config = session.config
     if pretrained is not None:
-        load_weights(session.model, pretrained, config.pretrained_model)
+        load_pretrained(session.model, session.spec, pretrained, config.pretrained_model)
         logger.info("loaded pretrained weights from %s", config.pretrained_model)
-    manifest = _new_manifest(config, environment, determinism, session.data, _pretrained_record(config))
+    manifest = _new_manifest(config, environment, determinism, session.data, session.spec, _pretrained_record(config))
     manifest["world_size"] = session.runtime.world_size
     state = RunState(progress=EpochProgress(epoch=1), manifest=manifest)
     checkpoint = session.checkpoint(state)
@@ -446,6 +460,7 @@ def _lost_a_peer(exc: RuntimeError) -> bool:
 
 
 def _train(config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_uri: str | None) -> Path:
+    check_architecture(config.architecture)  # an unknown name is refused before anything is touched
     run_dir = RunDirectory(config.run_dir)
     main_process = runtime.is_main_process()
     checkpoint = _open_checkpoint(config, run_dir, runtime)
@@ -461,19 +476,23 @@ def _train(config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_
     if checkpoint is not None and checkpoint["dataset_sha256"] != data.file_sha256:
         raise RunDirectoryError(f"the dataset in {config.dataset_folder} changed since the interrupted run")
 
+    spec = new_spec(config.architecture, _image_size(data), data.classes)
     data = dataclasses.replace(
         data,
-        train=prepare_split(data.train, device, memory_format(config)),
-        test=prepare_split(data.test, device, memory_format(config)),
+        train=prepare_split(data.train, device, memory_format(config), spec.mean, spec.std),
+        test=prepare_split(data.test, device, memory_format(config), spec.mean, spec.std),
     )
 
     determinism = configure_determinism(config.deterministic, device)
     seed_everything(config.seed)
-    model = build_model(len(data.classes), device).to(memory_format=memory_format(config))
+    model = build_model(spec)
+    if len(runtime.shard(torch.arange(len(data.train)))) % config.batch_size == 1:
+        check_trains_on_one_image(model, spec)
+    model = model.to(device).to(memory_format=memory_format(config))
     trained = DistributedDataParallel(model) if runtime.distributed else model
     optimizer = build_optimizer(model, config.learning_rate, config.momentum)
     shuffle = torch.Generator().manual_seed(config.seed)
-    session = TrainingSession(config, data, runtime, model, trained, optimizer, shuffle, run_dir)
+    session = TrainingSession(config, data, runtime, model, trained, optimizer, shuffle, run_dir, spec)
     if checkpoint is None:
         state = _start(session, pretrained, environment, determinism)
     else:
@@ -522,6 +541,14 @@ def _train(config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_
     run_logger.log_file(run_dir.work_dir / RUN_FILE)
     run_logger.end("FINISHED")
     return run_dir.finish()
+
+
+def _image_size(data: Cifar10Data) -> int:
+    """The side of the dataset's images: the size the model is built for and served at."""
+    height, width = data.train.images.shape[-2:]
+    if height != width:
+        raise ModelSpecError(f"the dataset's images are {width} x {height} pixels; models take square images")
+    return int(height)
 
 
 def _record_tracking(manifest: dict, run_logger) -> None:

@@ -18,7 +18,7 @@ import logging
 import math
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import torch
 
 from image_classifier.data.database import DatabaseSettings, Secret, connect
 from image_classifier.errors import DatasetError
+from image_classifier.normalization import NOTEBOOK_MEAN, NOTEBOOK_STD, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -245,23 +246,31 @@ def get_train_test_data(dataset_folder: Path, db_settings: DatabaseSettings, db_
 # --- preprocessing and batching --------------------------------------------------------------------------
 
 
-def preprocess(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x 3 x 32 x 32 -> float32 in [-1, 1]: the notebook's ToTensor() then Normalize(0.5, 0.5).
+def preprocess(
+    images: torch.Tensor, mean: Sequence[float] = NOTEBOOK_MEAN, std: Sequence[float] = NOTEBOOK_STD
+) -> torch.Tensor:
+    """uint8 N x 3 x 32 x 32 -> float32: ToTensor() then Normalize(mean, std), by default the notebook's
+    Normalize(0.5, 0.5) to [-1, 1]; the model spec's mean and std otherwise (see `normalization.py`).
 
     The same operations in the same order as torchvision's, so the values are bit-for-bit identical.
     """
-    return images.to(torch.float32).div(255).sub(0.5).div(0.5)
+    return normalize(images, mean, std)
 
 
 def prepare_split(
-    split: ImageSplit, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+    split: ImageSplit,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    mean: Sequence[float] = NOTEBOOK_MEAN,
+    std: Sequence[float] = NOTEBOOK_STD,
 ) -> ImageSplit:
-    """The split normalised once and held on `device`: batches are then slices, with no work per batch.
+    """The split normalised once (with the model spec's `mean` and `std`) and held on `device`: batches are
+    then slices, with no work per batch.
 
     The full training set takes 50,000 x 3,072 x 4 bytes = 600 MB as float32. The values are those that
     `preprocess` gives per batch, bit for bit (the same element-wise operations).
     """
-    images = preprocess(split.images.to(device)).contiguous(memory_format=memory_format)
+    images = preprocess(split.images.to(device), mean, std).contiguous(memory_format=memory_format)
     return ImageSplit(images=images, labels=split.labels.to(device))
 
 
@@ -275,22 +284,27 @@ def iterate_batches(
     device: torch.device,
     order: torch.Tensor | None = None,
     start_batch: int = 0,
+    mean: Sequence[float] = NOTEBOOK_MEAN,
+    std: Sequence[float] = NOTEBOOK_STD,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield preprocessed (images, labels) mini-batches in `order` (default: as stored), from `start_batch`.
 
     The last batch is smaller when `batch_size` does not divide the split, like DataLoader's default.
-    A prepared (float) split is only sliced; a uint8 one is normalised batch by batch.
+    A prepared (float) split is only sliced; a uint8 one is normalised batch by batch (`mean`, `std`).
     """
     if order is None:
         for start in range(start_batch * batch_size, len(split), batch_size):
-            yield _batch(split.images[start : start + batch_size], split.labels[start : start + batch_size], device)
+            images, labels = split.images[start : start + batch_size], split.labels[start : start + batch_size]
+            yield _batch(images, labels, device, mean, std)
         return
     order = order.to(split.labels.device)
     for start in range(start_batch * batch_size, len(order), batch_size):
         batch_indices = order[start : start + batch_size]
-        yield _batch(split.images[batch_indices], split.labels[batch_indices], device)
+        yield _batch(split.images[batch_indices], split.labels[batch_indices], device, mean, std)
 
 
-def _batch(images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(
+    images: torch.Tensor, labels: torch.Tensor, device: torch.device, mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    return (images if images.is_floating_point() else preprocess(images)), labels
+    return (images if images.is_floating_point() else preprocess(images, mean, std)), labels

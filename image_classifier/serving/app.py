@@ -85,6 +85,10 @@ class ModelMetadata(BaseModel):
     source: str
     model_path: str
     sha256: str
+    architecture: str = Field(description="net (the notebook's CNN) or a torchvision model's name")
+    image_size: int = Field(description="images are converted to image_size x image_size pixels")
+    mean: list[float] = Field(description="per-channel (R, G, B) normalisation mean, of pixels scaled to [0, 1]")
+    std: list[float] = Field(description="per-channel (R, G, B) normalisation standard deviation")
     classes: list[str]
     registry_name: str | None
     registry_version: int | None
@@ -190,13 +194,22 @@ class ServiceState:
     settings: ServeSettings
     metrics: Metrics
     model: ServedModel | None = None
+    # The model a reload replaced: requests decoded for it just before the swap are still answered by it.
+    previous_model: ServedModel | None = None
     batcher: MicroBatcher | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set = field(default_factory=set)  # the event loop keeps only weak references to tasks
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, ServedModel]:
-        """Runs in the inference thread; one model for the whole batch, even if a reload swaps it meanwhile."""
+        """Runs in the inference thread; one model for the whole batch, even if a reload swaps it meanwhile.
+
+        The images were decoded at the input size of the model served then: after a swap to a model of another
+        size, those few requests are answered by the model they were decoded for.
+        """
         model = self.model
+        if images.shape[-1] != model.image_size and self.previous_model is not None:
+            if images.shape[-1] == self.previous_model.image_size:
+                model = self.previous_model
         return model.probabilities(images), model
 
 
@@ -273,7 +286,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     app = FastAPI(
         title="image-classifier",
         version=__version__,
-        summary="CIFAR-10 tutorial CNN predictions",
+        summary="image classifier predictions (the CIFAR-10 tutorial CNN, or a torchvision model)",
         lifespan=_lifespan(state),
         docs_url=None,  # served below, behind the token like every route but /health
         openapi_url=None,
@@ -350,6 +363,8 @@ async def reload_model(state: ServiceState, reason: str) -> None:
                 "reload (%s): %s is still version %s", reason, state.settings.model.model, current.info.registry_version
             )
             return
+        # Kept only when the input size changes: otherwise the new model answers every request.
+        state.previous_model = current if current.image_size != candidate.image_size else None
         state.model = candidate
         state.metrics.serving(candidate)
         state.metrics.reloads.labels("swapped").inc()
@@ -449,6 +464,10 @@ def _add_routes(app: FastAPI, state: ServiceState, token) -> None:
                 source=info.source,
                 model_path=info.model_path,
                 sha256=info.sha256,
+                architecture=info.spec.architecture,
+                image_size=info.spec.image_size,
+                mean=list(info.spec.mean),
+                std=list(info.spec.std),
                 classes=list(info.classes),
                 registry_name=info.registry_name,
                 registry_version=info.registry_version,
@@ -484,7 +503,7 @@ def _add_routes(app: FastAPI, state: ServiceState, token) -> None:
         batcher = _batcher(state)
         with batcher.announce():
             uploads = await _read_uploads(request, settings, single=True)
-            images = await _decode_all(uploads, settings.max_image_pixels)
+            images = await _decode_all(uploads, settings.max_image_pixels, _served(state).image_size)
         probabilities, model = await batcher.submit(images)
         # A ready response skips FastAPI's re-validation against Prediction (the schema /docs shows): a
         # measurable cost per request under load, for a dict built right here.
@@ -504,7 +523,7 @@ def _add_routes(app: FastAPI, state: ServiceState, token) -> None:
         batcher = _batcher(state)
         with batcher.announce():
             uploads = await _read_uploads(request, settings, single=False)
-            images = await _decode_all(uploads, settings.max_image_pixels)
+            images = await _decode_all(uploads, settings.max_image_pixels, _served(state).image_size)
         probabilities, model = await batcher.submit(images)
         results = [
             {"filename": name, "predictions": _top(row, model, top_k)} for (name, _), row in zip(uploads, probabilities)
@@ -567,17 +586,17 @@ async def _multipart_files(request: Request) -> list[tuple[str | None, bytes]]:
         await form.close()
 
 
-async def _decode_all(uploads: list[tuple[str | None, bytes]], max_pixels: int) -> np.ndarray:
+async def _decode_all(uploads: list[tuple[str | None, bytes]], max_pixels: int, image_size: int) -> np.ndarray:
     """Headers are read on the event loop (cheap); pixels are decoded there too when the images are small,
     since a thread hop costs more than decoding a few thousand pixels, and in a worker thread otherwise."""
     opened = [_labelled(open_image, uploads, index, payload, max_pixels) for index, (_, payload) in enumerate(uploads)]
     if sum(image.width * image.height for image in opened) <= INLINE_DECODE_PIXELS:
-        return _convert_all(opened, uploads)
-    return await run_in_threadpool(_convert_all, opened, uploads)
+        return _convert_all(opened, uploads, image_size)
+    return await run_in_threadpool(_convert_all, opened, uploads, image_size)
 
 
-def _convert_all(opened: list, uploads: list[tuple[str | None, bytes]]) -> np.ndarray:
-    return np.stack([_labelled(convert_image, uploads, index, image) for index, image in enumerate(opened)])
+def _convert_all(opened: list, uploads: list[tuple[str | None, bytes]], image_size: int) -> np.ndarray:
+    return np.stack([_labelled(convert_image, uploads, index, image, image_size) for index, image in enumerate(opened)])
 
 
 def _labelled(step, uploads: list[tuple[str | None, bytes]], index: int, *args):
