@@ -23,8 +23,9 @@ from image_classifier.cli import (
 )
 from image_classifier.config import TrainConfig
 from image_classifier.data.database import Secret
-from image_classifier.errors import UserError
+from image_classifier.errors import ModelSpecError, UserError
 from image_classifier.manifest import differences, start_environment
+from image_classifier.model.spec import SPEC_KEY, spec_of_run
 from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
 
 TIMING_FIELDS = ("seconds", "images_per_second")  # wall-clock measurements, different in every run
@@ -68,11 +69,23 @@ def metric_differences(recorded: dict, reproduced: dict) -> list[str]:
     ]
 
 
-def environment_differences(recorded: dict, reproduced: dict) -> list[str]:
-    """What besides the code path could explain different bytes, from the two run.json manifests."""
+def _spec_of(manifest: dict, metrics: dict | None) -> dict | None:
+    """The model spec the run was built from (an earlier version's run: the notebook's Net at 32 x 32)."""
+    try:
+        return spec_of_run(manifest, metrics).to_dict()
+    except ModelSpecError:
+        return manifest.get(SPEC_KEY)
+
+
+def environment_differences(
+    recorded: dict, reproduced: dict, recorded_metrics: dict | None = None, reproduced_metrics: dict | None = None
+) -> list[str]:
+    """What besides the code path could explain different bytes, from the two run.json manifests (and the
+    metrics, where an earlier version's run keeps its classes)."""
     sections = ("dataset", "determinism", "pretrained_model")
     before = {**start_environment(recorded), **{key: recorded.get(key) for key in sections}}
     after = {**start_environment(reproduced), **{key: reproduced.get(key) for key in sections}}
+    before[SPEC_KEY], after[SPEC_KEY] = _spec_of(recorded, recorded_metrics), _spec_of(reproduced, reproduced_metrics)
     # Paths differ with the directory a run is started from; the files' hashes are what count.
     return differences(before, after, ignore=("dataset.folder", "pretrained_model.path"))
 
@@ -132,8 +145,11 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
     new_dir = run_training(config, password)
 
     recorded_hash, new_hash = sha256_of(run_dir / MODEL_FILE), sha256_of(new_dir / MODEL_FILE)
-    metric_changes = metric_differences(read_json(run_dir / METRICS_FILE), read_json(new_dir / METRICS_FILE))
-    environment_changes = environment_differences(manifest, read_json(new_dir / RUN_FILE))
+    recorded_metrics, new_metrics = read_json(run_dir / METRICS_FILE), read_json(new_dir / METRICS_FILE)
+    metric_changes = metric_differences(recorded_metrics, new_metrics)
+    environment_changes = environment_differences(
+        manifest, read_json(new_dir / RUN_FILE), recorded_metrics, new_metrics
+    )
     matched = recorded_hash == new_hash and not metric_changes
     lines = [
         f"recorded   model.pth sha256 {recorded_hash}  {run_dir}",

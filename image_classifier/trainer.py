@@ -33,6 +33,7 @@ from image_classifier.manifest import differences, last_environment
 from image_classifier.model.architectures import (
     build_model,
     check_architecture,
+    check_deterministic_kernels,
     check_trains_on_one_image,
     load_pretrained,
 )
@@ -489,6 +490,8 @@ def _train(config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_
     if len(runtime.shard(torch.arange(len(data.train)))) % config.batch_size == 1:
         check_trains_on_one_image(model, spec)
     model = model.to(device).to(memory_format=memory_format(config))
+    if config.deterministic and device.type == "cuda":
+        check_deterministic_kernels(model, spec, device)
     trained = DistributedDataParallel(model) if runtime.distributed else model
     optimizer = build_optimizer(model, config.learning_rate, config.momentum)
     shuffle = torch.Generator().manual_seed(config.seed)

@@ -120,6 +120,30 @@ def check_trains_on_one_image(model: nn.Module, spec: ModelSpec) -> None:
             ) from None
 
 
+def check_deterministic_kernels(model: nn.Module, spec: ModelSpec, device: torch.device) -> None:
+    """Refuse, before training, a model with no deterministic kernel for some step on `device`.
+
+    Under `torch.use_deterministic_algorithms(True)` such a kernel raises when first called: on CUDA the
+    backward passes of adaptive average pooling (every ResNet, EfficientNet, MobileNet...) and of bilinear
+    interpolation have none. One training step on a copy finds out (the generators are put back afterwards).
+    """
+    probe = copy.deepcopy(model).to(device).train()
+    forked = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    with torch.random.fork_rng(devices=forked):
+        try:
+            probe(torch.zeros(2, 3, spec.image_size, spec.image_size, device=device)).sum().backward()
+        except RuntimeError as exc:
+            if "deterministic" not in str(exc):
+                raise
+            raise ModelSpecError(
+                f"{spec.architecture} needs a kernel that has no deterministic version on {device} "
+                f"({_first_line(exc)}): train it with --no-deterministic (its repeats are then not byte-identical), "
+                "or on the CPU"
+            ) from None
+
+
 def load_pretrained(model: nn.Module, spec: ModelSpec, state_dict: dict[str, torch.Tensor], source: object) -> None:
     """Start `model` from `state_dict`, a run's weights or torchvision's published ImageNet weights.
 

@@ -9,6 +9,7 @@ from image_classifier.errors import ModelSpecError, PretrainedModelError
 from image_classifier.model.architectures import (
     build_model,
     check_architecture,
+    check_deterministic_kernels,
     check_trains_on_one_image,
     load_pretrained,
     load_trained,
@@ -148,3 +149,32 @@ def test_net_never_imports_torchvision():
         "assert not [m for m in sys.modules if m.startswith('torchvision')], 'torchvision was imported'\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=600)
+
+
+class _Unpooling(torch.nn.Module):
+    """A model with MaxUnpool2d, which has no deterministic kernel even on the CPU (as adaptive average
+    pooling's backward has none on CUDA): the check is tried here without a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = torch.nn.MaxPool2d(2, return_indices=True)
+        self.unpool = torch.nn.MaxUnpool2d(2)
+        self.fc = torch.nn.Linear(3 * 4 * 4, 7)
+
+    def forward(self, x):
+        x = self.unpool(*self.pool(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_a_model_without_deterministic_kernels_is_refused_before_training():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(ModelSpecError, match="no deterministic version on cpu.*--no-deterministic"):
+            check_deterministic_kernels(_Unpooling(), spec("unpooling", 4), torch.device("cpu"))
+        resnet = build_model(spec("resnet18"))
+        before = torch.get_rng_state()
+        check_deterministic_kernels(resnet, spec("resnet18"), torch.device("cpu"))
+        assert torch.equal(torch.get_rng_state(), before) and resnet.fc.weight.grad is None
+    finally:
+        torch.use_deterministic_algorithms(previous)
