@@ -150,3 +150,22 @@ def test_reproduce_names_a_changed_model_spec():
     # A run of an earlier version (no spec; classes in metrics.json) and its reproduction with this version.
     older = ({}, {"class_accuracy": {"a": 50.0, "b": 50.0}})
     assert environment_differences(older[0], {"model_spec": spec}, older[1], None) == []
+
+
+def test_the_runs_command_shows_each_runs_model(dataset, experiments, capsys):
+    from image_classifier.tracking.runs import main
+
+    for architecture in ("resnet18", "mobilenet_v3_small"):
+        reference_run(dataset, experiments, architecture)
+    folder = ("--experiments_folder", str(experiments))
+    assert main(["list", "--format", "json", *folder]) == 0
+    rows = {row["run"]: row for row in json.loads(capsys.readouterr().out)}
+    assert (rows["resnet18"]["architecture"], rows["resnet18"]["image_size"]) == ("resnet18", 32)
+    assert rows["mobilenet_v3_small"]["architecture"] == "mobilenet_v3_small"
+    assert main(["show", "e/resnet18", *folder]) == 0
+    shown = capsys.readouterr().out
+    assert "architecture  resnet18" in shown and "mean          0.485, 0.456, 0.406" in shown
+    assert main(["compare", "e/resnet18", "e/mobilenet_v3_small", *folder]) == 0
+    model = capsys.readouterr().out.split("\n\n")[0]
+    assert model.splitlines()[0] == "model that differs"
+    assert model.splitlines()[2].split() == ["architecture", "resnet18", "mobilenet_v3_small"]

@@ -111,7 +111,8 @@ def test_preprocessing_is_bit_identical_to_the_notebooks_transforms(dataset):
     images_hwc = data.test.images[:20].permute(0, 2, 3, 1).numpy()
     expected = torch.stack([notebook_transform(image) for image in images_hwc])
     assert torch.equal(preprocess(data.test.images[:20]), expected)
-    assert preprocess(torch.tensor([[[[0, 255]]]], dtype=torch.uint8)).tolist() == [[[[-1.0, 1.0]]]]
+    extremes = torch.tensor([[[[0, 255]]] * 3], dtype=torch.uint8)  # 1 x 3 x 1 x 2: black and white pixels
+    assert preprocess(extremes).tolist() == [[[[-1.0, 1.0]]] * 3]
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
