@@ -3,6 +3,7 @@ send, and the app's own contract (the model loaded in the lifespan, JSON errors 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -88,3 +89,25 @@ def test_the_token_is_compared_exactly(trained_run, offline):
             assert client.get("/ready", headers={"Authorization": f"Bearer {given}"}).status_code == 401, given
         assert client.get("/ready", headers={"Authorization": "Bearer abc"}).status_code == 200
         assert client.get("/ready", headers={"Authorization": "bearer abc"}).status_code == 200  # scheme: any case
+
+
+class _FakeModel:
+    """A served model of one input size, answering its size for every image."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+
+    def probabilities(self, images):
+        assert images.shape[-1] == self.image_size, "images of another size reached the model"
+        return np.full((len(images), 1), self.image_size)
+
+
+def test_a_batch_decoded_for_the_model_a_reload_replaced_is_answered_by_that_model():
+    from image_classifier.serving.app import Metrics, ServiceState
+
+    state = ServiceState(ServeSettings(model=ModelRequest("m")), Metrics(4), model=_FakeModel(64))
+    state.previous_model = _FakeModel(32)
+    answer, model = state.infer(np.zeros((2, 3, 32, 32), dtype=np.uint8))
+    assert model is state.previous_model and answer.tolist() == [[32], [32]]
+    answer, model = state.infer(np.zeros((1, 3, 64, 64), dtype=np.uint8))
+    assert model is state.model and answer.tolist() == [[64]]
