@@ -213,6 +213,7 @@ class TrainingSession:
 
     def evaluate_test_set(self, stop: StopSignals) -> dict:
         config, data, runtime = self.config, self.data, self.runtime
+        runtime.share_main_buffers(self.model)  # batch norm's statistics: every rank evaluates one model
         shard = runtime.test_shard(len(data.test))
         test_batches = iterate_batches(data.test, config.eval_batch_size, self.device, shard)
         steps = num_batches(len(data.test) if shard is None else len(shard), config.eval_batch_size)

@@ -169,3 +169,20 @@ def test_the_runs_command_shows_each_runs_model(dataset, experiments, capsys):
     model = capsys.readouterr().out.split("\n\n")[0]
     assert model.splitlines()[0] == "model that differs"
     assert model.splitlines()[2].split() == ["architecture", "resnet18", "mobilenet_v3_small"]
+
+
+def test_torchrun_trains_batch_norm_to_one_model_and_resumes_to_its_bytes(dataset, tmp_path):
+    """Under torchrun each process's batches update its own batch-norm statistics (as DDP without
+    SyncBatchNorm); evaluation and the saved model take rank 0's, so every process ends with the same model."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ("--architecture", "resnet18", "--num_epochs", "2", "--batch_size", "10", "--checkpoint_every", "4")
+    whole = run_command([*launcher, "-m", "image_classifier.main", *trainer_args(dataset, tmp_path, "ddp", *args)])
+    assert whole.returncode == 0, whole.stderr
+    assert "weights identical on all 2 processes" in whole.stderr
+
+    crashed = trainer_args(dataset, tmp_path, "crashed", *args)
+    killed = run_command([*launcher, FAULT_INJECTION, "KILL", "train:2:6", *crashed], env={"FAULT_RANK": "1"})
+    assert killed.returncode != 0 and not (tmp_path / "e" / "crashed").exists()
+    resumed = run_command([*launcher, "-m", "image_classifier.main", *crashed, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "e" / "crashed", tmp_path / "e" / "ddp")
