@@ -186,3 +186,12 @@ def test_torchrun_trains_batch_norm_to_one_model_and_resumes_to_its_bytes(datase
     resumed = run_command([*launcher, "-m", "image_classifier.main", *crashed, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(tmp_path / "e" / "crashed", tmp_path / "e" / "ddp")
+
+
+@pytest.mark.parametrize("name", ["ResNet18", "../net", "resnet 18", ""])
+def test_a_malformed_architecture_name_is_a_usage_error(name, capsys):
+    from image_classifier.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--experiment_name", "e", "--run_name", "r", "--architecture", name, "--db_pass", "x"])
+    assert stop.value.code == 2 and "invalid architecture name" in capsys.readouterr().err
