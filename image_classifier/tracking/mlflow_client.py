@@ -12,7 +12,7 @@ import os
 import re
 
 from image_classifier.errors import UserError
-from image_classifier.tracking.uri import redacted
+from image_classifier.tracking.uri import misread_credentials, redacted, without_credentials
 
 # MLflow's own defaults wait 120 s per request and retry 7 times with growing pauses: a dead server would
 # stall a run for many minutes. These bound one failing call to about a minute (15 s x 3 tries + pauses);
@@ -35,6 +35,9 @@ _NETWORK_FAILURE = re.compile(
 
 def connect(tracking_uri: str):
     """An `MlflowClient` for tracking and for the model registry at `tracking_uri`."""
+    misread = misread_credentials(tracking_uri)
+    if misread:  # refused before any request: the client would send part of the password elsewhere
+        raise UserError(f"cannot use the tracking URI {redacted(tracking_uri)}: {misread}")
     for name, value in ENVIRONMENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
     # urllib3 warns at every retry; the callers report a failed call once, in their own words.
@@ -46,7 +49,12 @@ def connect(tracking_uri: str):
             "a tracking URI is set, but MLflow is not installed: pip install 'image-classifier[mlflow]', "
             "or unset MLFLOW_TRACKING_URI"
         ) from None
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    except Exception as exc:  # an unsupported scheme or a malformed URI: MLflow's message quotes it whole
+        raise UserError(
+            f"cannot use the tracking URI {redacted(tracking_uri)}: {short_reason(exc, tracking_uri)}"
+        ) from None
 
 
 def short_reason(exc: BaseException, tracking_uri: str) -> str:
@@ -56,7 +64,7 @@ def short_reason(exc: BaseException, tracking_uri: str) -> str:
     network = _NETWORK_FAILURE.search(text)
     if network:  # urllib3's message is a page long; its cause is what a user needs
         text = f"no answer from the server ({network[0].strip(chr(39) + chr(34) + '()')})"
-    text = text.replace(tracking_uri, redacted(tracking_uri))
+    text = without_credentials(text, tracking_uri)  # before shortening, which could cut a password in two
     return text if len(text) <= _REASON_LENGTH else text[: _REASON_LENGTH - 3] + "..."
 
 

@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from image_classifier import __version__
@@ -32,8 +32,8 @@ from image_classifier.errors import UserError
 from image_classifier.manifest import ENVIRONMENT_KEYS
 from image_classifier.tracking.files import to_strict_json
 from image_classifier.tracking.records import RunRecord, find_run, list_runs
-from image_classifier.tracking.registry import ModelVersion, Registry, open_registry
-from image_classifier.tracking.uri import TRACKING_URI_ENV, redacted, tracking_uri_from
+from image_classifier.tracking.registry import ModelVersion, open_registry
+from image_classifier.tracking.uri import TRACKING_URI_ENV, redacted, tracking_uri_from, without_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ NAME_ARGUMENTS = ("experiment_name", "run_name")  # in every compare's header al
 @dataclass(frozen=True)
 class ListConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     experiment: str | None
     sort: str
     descending: bool
@@ -76,7 +76,7 @@ class ListConfig:
 @dataclass(frozen=True)
 class ShowConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     run: str
     format: str
 
@@ -91,7 +91,7 @@ class CompareConfig:
 @dataclass(frozen=True)
 class RegisterConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     run: str
     name: str
     aliases: tuple[str, ...]
@@ -100,7 +100,7 @@ class RegisterConfig:
 @dataclass(frozen=True)
 class AliasConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     name: str
     alias: str
     version: int
@@ -109,7 +109,7 @@ class AliasConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     name: str | None
     format: str
 
@@ -198,11 +198,11 @@ def _sort_key(column: str) -> Callable[[dict], tuple]:
     return key
 
 
-def registered_versions(registry: Registry) -> list[ModelVersion]:
-    """The registry's versions for the listing's last column; a registry that cannot be read does not stop
-    a listing, it is one warning."""
+def registered_versions(experiments_folder: Path, tracking_uri: str | None) -> list[ModelVersion]:
+    """The registry's versions for `list` and `show`; a registry that cannot be opened or read (damaged,
+    a server that is down, MLflow not installed) does not stop them: it is one warning."""
     try:
-        return registry.versions()
+        return open_registry(experiments_folder, tracking_uri).versions()
     except UserError as exc:
         logger.warning("registered versions not shown: %s", exc)
         return []
@@ -212,7 +212,7 @@ def list_command(config: ListConfig) -> int:
     if not config.experiments_folder.is_dir():
         raise UserError(f"no experiments folder {config.experiments_folder}")
     records = list_runs(config.experiments_folder, config.experiment)
-    versions = version_labels(registered_versions(open_registry(config.experiments_folder, config.tracking_uri)))
+    versions = version_labels(registered_versions(config.experiments_folder, config.tracking_uri))
     rows = [run_row(record, versions) for record in records]
     present = [row for row in rows if row.get(config.sort) not in (None, [])]
     missing = [row for row in rows if row.get(config.sort) in (None, [])]
@@ -253,6 +253,18 @@ def _resume_times(manifest: Mapping) -> list[str]:
     return list(manifest.get("resumed_at") or [])  # runs of earlier versions kept the times only
 
 
+def mlflow_record_shown(record: Mapping) -> dict:
+    """run.json's "mlflow" section as shown. Earlier versions of the package kept a tracking URI whose password
+    held '/', '?' or '#' whole, in `tracking_uri` and in the `error` quoting it: hidden here."""
+    uri = record.get("tracking_uri")
+    if not isinstance(uri, str):
+        return dict(record)
+    return {
+        key: without_credentials(value, uri) if isinstance(value, str) and key != "tracking_uri" else value
+        for key, value in {**record, "tracking_uri": redacted(uri)}.items()
+    }
+
+
 def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> str:
     manifest = record.manifest
     header = [
@@ -267,7 +279,7 @@ def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> 
         ("test_accuracy", record.test_accuracy),
     ]
     if isinstance(manifest.get("mlflow"), dict):
-        header.extend(("mlflow." + key, value) for key, value in manifest["mlflow"].items())
+        header.extend(("mlflow." + key, value) for key, value in mlflow_record_shown(manifest["mlflow"]).items())
     lines = _section(f"run {record.name}", header)
     lines += ["", *_section("model", model_rows(record))]
     lines += ["", *_section("arguments", list(record.arguments.items()))]
@@ -305,8 +317,7 @@ def _indent(text: str) -> str:
 
 def show_command(config: ShowConfig) -> int:
     record = find_run(config.experiments_folder, config.run)
-    registry = open_registry(config.experiments_folder, config.tracking_uri)
-    versions = version_labels(registered_versions(registry)).get(record.name, [])
+    versions = version_labels(registered_versions(config.experiments_folder, config.tracking_uri)).get(record.name, [])
     files = _files_of(record)
     if config.format == "json":
         document = {
@@ -315,7 +326,11 @@ def show_command(config: ShowConfig) -> int:
             "reason": record.reason,
             "folder": str(record.folder),
             "model_spec": record.spec.to_dict() if record.spec else None,
-            "run_json": dict(record.manifest),
+            "run_json": (
+                {**record.manifest, "mlflow": mlflow_record_shown(record.manifest["mlflow"])}
+                if isinstance(record.manifest.get("mlflow"), Mapping)
+                else dict(record.manifest)
+            ),
             "metrics": dict(record.metrics),
             "files": files,
             "versions": versions,
@@ -483,18 +498,8 @@ def models_command(config: ModelsConfig) -> int:
 # --- the command line ---
 
 
-class _Parser(ArgumentParser):
-    """Never echoes a rejected value: a mistyped subcommand or choice may be a password typed in the
-    wrong place, like the values after unknown options (see `image_classifier.cli`)."""
-
-    def _check_value(self, action: argparse.Action, value) -> None:
-        if action.choices is not None and value not in action.choices:
-            choices = ", ".join(map(str, action.choices))
-            raise argparse.ArgumentError(action, f"invalid choice, not shown (choose from {choices})")
-
-
 def _common_options() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument(
         "--experiments_folder", type=Path, default=Path("experiments"), help="where the runs are (as in the trainer)"
     )
@@ -503,7 +508,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def _tracking_option() -> argparse.ArgumentParser:
-    tracking = _Parser(add_help=False)
+    tracking = ArgumentParser(add_help=False)
     tracking.add_argument(
         "--mlflow_tracking_uri",
         default=None,
@@ -514,7 +519,7 @@ def _tracking_option() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="image_classifier_runs",
         description="List, show and compare the runs in an experiments folder; register their models as "
         "named versions and move aliases.",

@@ -93,6 +93,48 @@ def test_a_server_that_is_down_costs_one_warning_and_changes_nothing(dataset, tr
     assert sha256_of(run_dir / "model.pth") == sha256_of(trained_experiments / "e" / "seed0" / "model.pth")
 
 
+# Credentials whose password holds what ends a URL's authority ('/', '?', '#'), '@' and %-escapes, in
+# pieces that are each looked for in everything the commands write and print.
+CREDENTIAL_PIECES = ("user-Qa1", "pw-Zk9", "pw-Xy7", "pw-Wv3", "pw-Ut5", "pw-Rs2")
+
+
+def test_credentials_in_a_tracking_uri_reach_no_file_log_or_error(dataset, tmp_path):
+    port = free_port()  # nothing listens there
+    uris = {
+        # the HTTP client would misread it (and send part of the password to 127.0.0.1:pw-Zk9...): refused
+        "misread": f"http://user-Qa1:pw-Zk9/pw-Xy7?pw-Wv3#pw-Ut5@pw-Rs2@127.0.0.1:{port}",
+        # readable as written: tried, and nobody answers
+        "readable": f"http://user-Qa1:pw-Zk9@pw-Xy7%2Fpw-Wv3%40pw-Ut5:pw-Rs2@127.0.0.1:{port}",
+    }
+    experiments = tmp_path / "experiments"
+    shown = []
+    for name, uri in uris.items():
+        options = ("--num_epochs", "1", "--verbose", "--mlflow_tracking_uri", uri)
+        result = run_trainer(*trainer_args(dataset, experiments, name, *options))
+        assert result.returncode == 0, result.stderr
+        assert len(_warnings(result.stderr)) == 1 and "MLflow logging stopped" in result.stderr
+        record = json.loads((experiments / "e" / name / "run.json").read_text())["mlflow"]
+        assert record["tracking_uri"] == f"http://127.0.0.1:{port}" and record["lost_calls"] > 0
+        assert ("hold '/', '?', '#'" if name == "misread" else "no answer from the server") in record["error"]
+        shown += [result.stdout, result.stderr]
+
+        env = {"MLFLOW_TRACKING_URI": uri}
+        folder = ("--experiments_folder", str(experiments))
+        for argv in (["list"], ["show", f"e/{name}"], ["models"], ["register", f"e/{name}", "--name", "m"]):
+            result = run_command([command("image_classifier_runs"), *argv, *folder], env=env)
+            assert result.returncode == (0 if argv[0] in ("list", "show") else 1), result.stderr
+            assert "Traceback" not in result.stderr
+            shown += [result.stdout, result.stderr]
+        predict = [command("image_classifier_predict"), "--model", "models:/m@production", str(tmp_path)]
+        result = run_command([*predict, *folder, "--mlflow_tracking_uri", uri])
+        assert result.returncode == 1 and "Traceback" not in result.stderr and "error: " in result.stderr
+        shown += [result.stdout, result.stderr]
+
+    for piece in CREDENTIAL_PIECES:
+        assert _files_containing(tmp_path, piece) == []
+        assert not [text for text in shown if piece in text], piece
+
+
 def test_a_server_that_dies_mid_run_or_hangs_never_stops_training(dataset, mlflow_server, tmp_path):
     experiments = tmp_path / "experiments"
     port = free_port()

@@ -195,6 +195,21 @@ def test_show_prints_arguments_environment_epochs_and_files(trained_experiments,
     assert shown["files"]["model.pth"] == (trained_experiments / "e" / "seed1" / "model.pth").stat().st_size
 
 
+def test_show_hides_credentials_an_earlier_version_kept_in_run_json(experiments, capsys):
+    """Before issue 14, a password holding '/' was kept whole in run.json's mlflow section."""
+    run_json = experiments / "e" / "seed0" / "run.json"
+    uri = "http://user-Qa1:pw-Zk9/pw-Xy7@127.0.0.1:5000"
+    manifest = json.loads(run_json.read_text())
+    manifest["mlflow"] = {"tracking_uri": uri, "run_id": None, "lost_calls": 3, "error": f"Invalid url: {uri}/api"}
+    run_json.write_text(json.dumps(manifest))
+    for output_format in ("text", "json"):
+        code, out, _ = _run(
+            capsys, "show", "e/seed0", "--format", output_format, "--experiments_folder", str(experiments)
+        )
+        assert code == 0 and "http://127.0.0.1:5000" in out
+        assert not any(piece in out for piece in ("user-Qa1", "pw-Zk9", "pw-Xy7")), out
+
+
 @pytest.mark.parametrize(
     "reference, message",
     [

@@ -1,0 +1,51 @@
+"""The one place that makes MLflow's client: URIs it refuses, and errors that never show credentials."""
+
+import socket
+
+import pytest
+
+from image_classifier.errors import UserError
+from image_classifier.tracking.mlflow_client import connect, short_reason
+from image_classifier.tracking.registry import open_registry
+
+PIECES = ("user-Qa1", "pw-Zk9", "pw-Xy7")
+
+
+@pytest.mark.parametrize("delimiter", ["/", "?", "#", "\\"])
+def test_a_uri_the_http_client_would_misread_is_refused_before_any_request(delimiter, tmp_path):
+    """`http://127.0.0.1:PORT/pw@host` has the password `PORT/pw`, but the HTTP client would send
+    `/pw@host/api/...` to 127.0.0.1:PORT: nothing may be sent, and the error shows no piece."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        listening.settimeout(1)
+        port = listening.getsockname()[1]
+        uri = f"http://127.0.0.1:{port}{delimiter}pw-Zk9@mlflow.invalid:5000"
+        registry_error = None
+        try:
+            open_registry(tmp_path, uri).versions()
+        except UserError as exc:
+            registry_error = str(exc)
+        with pytest.raises(socket.timeout):
+            listening.accept()  # no connection came
+    assert registry_error is not None and "pw-Zk9" not in registry_error and str(port) not in registry_error
+    assert "cannot use the tracking URI http://mlflow.invalid:5000" in registry_error
+
+
+def test_an_unsupported_uri_is_one_error_without_credentials():
+    with pytest.raises(UserError) as exc_info:
+        connect("weird://user-Qa1:pw-Zk9@mlflow.invalid")
+    assert not any(piece in str(exc_info.value) for piece in PIECES)
+    assert "cannot use the tracking URI weird://mlflow.invalid" in str(exc_info.value)
+
+
+def test_short_reason_hides_the_credentials_in_any_spelling():
+    uri = "http://user-Qa1:pw-Zk9@pw-Xy7@mlflow.invalid:5000"
+    for text in (
+        f"API request to {uri}/api/2.0/x failed",
+        f"Invalid url: {uri.replace('@pw', '%40pw')}/api",
+        "Failed to parse: 'user-Qa1:pw-Zk9' is not a valid host or port",
+        repr(uri.encode()),
+    ):
+        shown = short_reason(Exception(text), uri)
+        assert not any(piece in shown for piece in PIECES), shown
+    long_text = "x" * 290 + uri  # shortened after hiding: a cut never leaves half a password
+    assert not any(piece[:4] in short_reason(Exception(long_text), uri) for piece in PIECES)
