@@ -166,3 +166,32 @@ def test_version_1_0_0s_run_is_served_and_predicted_as_before(split, split_pngs,
     assert predicted.returncode == 0, predicted.stderr
     top = [row["predictions"][0] for row in json.loads(predicted.stdout)["results"]]
     assert [t["class"] for t in top] == [classes[i] for i in expected[:5].argmax(axis=1)]
+
+
+def test_a_bare_model_of_another_architecture_and_size_is_predicted_from_its_metadata(split_pngs, tmp_path, capsys):
+    """metadata.json beside a bare model.pth names its spec: the images are converted at its size (64 x 64
+    from the 32 x 32 PNGs) and normalised with its architecture's normalisation."""
+    from image_classifier.images import decode_image
+    from image_classifier.model.spec import new_spec
+    from image_classifier.serving.predict import main as predict_main
+
+    spec = new_spec("mobilenet_v3_small", 64, ["a", "b", "c"])
+    torch.manual_seed(0)
+    model = build_model(spec)
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    metadata = {"classes": list(spec.classes), "architecture": spec.architecture, "image_size": 64}
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+    chosen = split_pngs[:4]
+    assert predict_main(["--model", str(tmp_path / "weights.pth"), "--format", "json", *map(str, chosen)]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+
+    images = torch.from_numpy(np.stack([decode_image(path.read_bytes(), image_size=64) for path in chosen]))
+    expected = offline_probabilities(model, normalize(images, IMAGENET_MEAN, IMAGENET_STD))
+    for index, row in enumerate(rows):
+        by_label = {p["label"]: p["probability"] for p in row["predictions"]}
+        np.testing.assert_allclose([by_label[c] for c in range(3)], expected[index], atol=1e-5)
+
+    metadata["architecture"] = "resnet18"  # the wrong architecture: refused, saying so
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+    assert predict_main(["--model", str(tmp_path / "weights.pth"), str(chosen[0])]) == 1
+    assert "(resnet18 for 3 classes at 64 x 64) does not fit the model" in capsys.readouterr().err
