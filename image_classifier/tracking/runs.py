@@ -117,6 +117,12 @@ class ModelsConfig:
 # --- formatting ---
 
 
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes (\\x1b): text from a run's files must not move the
+    cursor, clear the screen or break a table's lines on the terminal that prints it."""
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -124,8 +130,8 @@ def _cell(value) -> str:
         # Four significant digits tell losses and accuracies apart; throughputs need no decimals.
         return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value)) or "-"
-    return str(value)
+        return printable(", ".join(map(str, value))) or "-"
+    return printable(str(value))
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -135,13 +141,30 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in lines)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): text from a run's
+# files (a hand-edited run.json, a registry entry) must never become one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """`value` for a CSV cell: lists joined with "; ", text that a spreadsheet would run as a formula quoted
+    with a leading apostrophe (what spreadsheets show as plain text); numbers as they are."""
+    if isinstance(value, (list, tuple)):
+        value = "; ".join(map(str, value))
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def format_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     stream = io.StringIO()
-    writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    # RFC 4180's line end: the writer then quotes a field holding a lone CR too, which readers and
+    # spreadsheets would otherwise take for the end of a row.
+    writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: "; ".join(value) if isinstance(value, list) else value for key, value in row.items()})
-    return stream.getvalue().rstrip("\n")
+        writer.writerow({key: csv_cell(value) for key, value in row.items()})
+    return stream.getvalue().removesuffix("\r\n")
 
 
 def format_rows(rows: Sequence[dict], columns: Sequence[str], output_format: str) -> str:
@@ -232,8 +255,9 @@ def _files_of(record: RunRecord) -> dict[str, int]:
 
 
 def _section(title: str, pairs: Sequence[tuple[str, object]]) -> list[str]:
-    width = max((len(key) for key, _ in pairs), default=0)
-    return [title, *(f"  {key.ljust(width)}  {_cell(value)}" for key, value in pairs)]
+    keys = [printable(str(key)) for key, _ in pairs]
+    width = max(map(len, keys), default=0)
+    return [title, *(f"  {key.ljust(width)}  {_cell(value)}" for key, (_, value) in zip(keys, pairs))]
 
 
 def _flatten(value, prefix: str = "") -> list[tuple[str, object]]:
