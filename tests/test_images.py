@@ -49,16 +49,30 @@ def test_grey_becomes_three_equal_channels():
         np.testing.assert_array_equal(channel, grey)
 
 
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_of(values: np.ndarray, bits: int = 16, transparent: tuple[int, ...] | None = None) -> bytes:
+    """A PNG written by hand (Pillow writes neither 16-bit colour nor tRNS at these depths): grey from
+    height x width values, RGB from height x width x 3, at 16 bits or, for grey, packed at 1, 2 or 4 bits."""
+    height, width = values.shape[:2]
+    colour = 2 if values.ndim == 3 else 0
+    if bits == 16:
+        rows = [values[y].astype(">u2").tobytes() for y in range(height)]
+    else:
+        rows = [
+            np.packbits(np.unpackbits(values[y].astype(np.uint8)[:, None], axis=1)[:, 8 - bits :]).tobytes()
+            for y in range(height)
+        ]
+    header = struct.pack(">IIBBBBB", width, height, bits, colour, 0, 0, 0)
+    extra = chunk(b"tRNS", struct.pack(f">{len(transparent)}H", *transparent)) if transparent else b""
+    data = zlib.compress(b"".join(b"\x00" + row for row in rows))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + extra + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
 def sixteen_bit_rgb_png(values: np.ndarray) -> bytes:
-    """A 16-bit RGB PNG (Pillow cannot write one), from big-endian height x width x 3 values."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    height, width, _ = values.shape
-    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return png_of(values)
 
 
 def test_sixteen_bit_images_keep_their_high_byte_in_colour_and_in_grey():
@@ -132,3 +146,119 @@ def test_bad_input_is_an_image_error_with_its_status(payload, status, message):
 def test_the_pixel_limit_is_a_setting():
     with pytest.raises(ImageError, match="more than the limit of 1,023"):
         decode_image(encode(Image.fromarray(RGB), "PNG"), max_pixels=1023)
+
+
+def test_the_trns_colour_of_a_16_bit_png_is_compared_on_all_16_bits_and_composited():
+    """Pillow reduces 16-bit pixels to their high byte but keeps the tRNS colour at 16 bits: compared as it
+    is, (3, 7, 11) would make the reduced pixels (3, 7, 11) - really (1000, 2000, 3000) - transparent."""
+    values = RNG.integers(0, 65536, (32, 32, 3)).astype(np.uint16)
+    key = (1000, 2000, 3000)
+    values[0, :] = key
+    values[1, :] = (1000, 2000, 3001)  # the same high bytes, another colour
+    values[2, :] = (3, 7, 11)  # the key's 16-bit values read as if they were 8-bit ones
+    decoded = decode_image(png_of(values, transparent=key))
+    assert (decoded[:, 0] == 255).all()
+    expected = chw((values >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(decoded[:, 1:], expected[:, 1:])
+
+
+def test_the_trns_value_of_16_bit_grey_is_composited():
+    values = RNG.integers(0, 65536, (32, 32)).astype(np.uint16)
+    values[:8] = 1000
+    values[8:16] = 1001  # the same high byte
+    decoded = decode_image(png_of(values, transparent=(1000,)))
+    assert (decoded[:, :8] == 255).all()
+    for channel in decoded:
+        np.testing.assert_array_equal(channel[8:], (values[8:] >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_the_trns_value_of_grey_below_8_bits_is_composited(bits):
+    """Pillow scales 2- and 4-bit grey to 0-255 (v * 85, v * 17) but not their tRNS value."""
+    top = 2**bits - 1
+    values = RNG.integers(0, top + 1, (32, 32)).astype(np.uint8)
+    values[:4] = 1
+    values[4:8] = 0
+    decoded = decode_image(png_of(values, bits=bits, transparent=(1,)))
+    assert (decoded[:, :4] == 255).all()
+    opaque = values[4:] != 1
+    for channel in decoded:
+        np.testing.assert_array_equal(channel[4:][opaque], (values[4:][opaque] * (255 // top)).astype(np.uint8))
+
+
+def test_grey_is_resized_exactly_as_its_rgb_copy():
+    """Grey is resized before it becomes RGB (a quarter of the memory): the same pixels as the other way."""
+    for shape in ((100, 60), (7, 33), (31, 32), (300, 301)):
+        grey = RNG.integers(0, 256, shape, dtype=np.uint8)
+        as_rgb = np.dstack([grey] * 3)
+        np.testing.assert_array_equal(
+            decode_image(encode(Image.fromarray(grey), "PNG")), decode_image(encode(Image.fromarray(as_rgb), "PNG"))
+        )
+
+
+def test_sixteen_bit_grey_is_reduced_without_a_full_size_copy_wider_than_its_pixels():
+    """No 64-bit (nor 16-bit) copy of the whole image: numpy's allocations, which tracemalloc sees, stay
+    far below one byte per pixel."""
+    import tracemalloc
+
+    side = 2000
+    payload = encode(Image.fromarray(RNG.integers(0, 65536, (side, side)).astype(np.uint16)), "PNG")
+    tracemalloc.start()
+    try:
+        decode_image(payload)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < side * side, f"{peak:,} bytes of Python/numpy allocations for {side * side:,} pixels"
+
+
+MEASURE_PEAK = r"""
+import sys
+from image_classifier import images
+
+def status(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field)) * 1024
+
+image = images.open_image(open(sys.argv[1], "rb").read())
+open("/proc/self/clear_refs", "w").write("5")  # resets VmHWM, the peak resident memory
+before = status("VmRSS")
+images.convert_image(image)
+print((status("VmHWM") - before) / (image.size[0] * image.size[1]))
+"""
+
+
+def test_converting_holds_at_most_8_bytes_per_declared_pixel_16_for_webp(tmp_path):
+    """The README's bound per decode, measured as the peak resident memory of a process converting a 4 MP
+    image of each kind that takes another path (bytes per declared pixel; one process each, so that memory
+    freed by one conversion cannot hide the next one's)."""
+    import subprocess
+    import sys
+
+    y, x = np.indices((2000, 2000))
+    pattern = ((x + y) % 256).astype(np.uint8)  # compresses well: the files stay small, the pixels do not
+    rgb = Image.fromarray(np.dstack([pattern] * 3))
+    rotated = rgb.getexif()
+    rotated[0x0112] = 6
+    rgba = Image.fromarray(np.dstack([pattern] * 4))
+    kinds = {
+        "rgb.png": encode(rgb, "PNG", compress_level=1),
+        "grey.png": encode(Image.fromarray(pattern), "PNG", compress_level=1),
+        "rgba.png": encode(rgba, "PNG", compress_level=1),
+        "la.png": encode(rgba.convert("LA"), "PNG", compress_level=1),
+        "palette-trns.png": encode(Image.fromarray(pattern).convert("P"), "PNG", transparency=3, compress_level=1),
+        "grey16.png": encode(Image.fromarray(pattern.astype(np.uint16) * 257), "PNG", compress_level=1),
+        "rgb16-trns.png": png_of(np.dstack([pattern.astype(np.uint16) * 257] * 3), transparent=(0, 0, 0)),
+        "rotated.jpg": encode(rgb, "JPEG", exif=rotated.tobytes()),
+        "rgba.webp": encode(rgba, "WEBP", lossless=True, quality=0, method=0),
+    }
+    peaks = {}
+    for name, payload in kinds.items():
+        (tmp_path / name).write_bytes(payload)
+        run = subprocess.run(
+            [sys.executable, "-c", MEASURE_PEAK, str(tmp_path / name)], capture_output=True, text=True, timeout=600
+        )
+        assert run.returncode == 0, run.stderr
+        peaks[name] = float(run.stdout)
+    for name, bytes_per_pixel in peaks.items():
+        bound = 16 if name.endswith(".webp") else 8
+        assert bytes_per_pixel < bound + 0.5, peaks  # the margin: the allocator's own bookkeeping

@@ -8,6 +8,9 @@ Copy-paste examples:
     curl -s -F files=@cat.png -F files=@dog.jpg 'http://127.0.0.1:8000/predict/batch?top_k=1'
     SERVE_TOKEN=s3cret image_classifier_serve --model models:/cifar@production --reload_every 60
     kill -HUP <pid>    # re-resolve models:/cifar@production now; kill -TERM <pid> stops gracefully
+
+Exit status: 0 after SIGTERM or SIGINT, 1 if the model cannot be served or the inference worker died (a
+supervisor should restart the service), 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 
 from image_classifier import __version__
 from image_classifier.cli import (
@@ -31,7 +36,7 @@ from image_classifier.cli import (
 from image_classifier.data.database import Secret
 from image_classifier.serving.options import add_image_options, add_model_options, model_request_from
 from image_classifier.serving.registry_client import is_alias_uri
-from image_classifier.serving.settings import ServeSettings
+from image_classifier.serving.settings import DEFAULT_MAX_REQUEST_PIXELS, ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_image_options(http, positive_int)
     http.add_argument(
+        "--max_request_pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_REQUEST_PIXELS,
+        help="most declared pixels (width x height) of all the images of one request together",
+    )
+    http.add_argument(
+        "--decode_workers",
+        type=positive_int,
+        default=2,
+        help="threads parsing and decoding uploads: at most this many images are decoded at once",
+    )
+    http.add_argument(
+        "--max_queue",
+        type=positive_int,
+        default=64,
+        help="most prediction requests in progress at once (receiving, decoding, waiting for the model); "
+        "more are answered 503 with Retry-After",
+    )
+    http.add_argument(
+        "--request_timeout",
+        type=positive_float,
+        default=30.0,
+        help="seconds a prediction request may take, from its headers to its answer; then 503 with Retry-After",
+    )
+    http.add_argument(
         "--graceful_timeout",
         type=positive_float,
         default=30.0,
-        help="seconds that requests in flight get to finish after SIGTERM",
+        help="seconds that requests in flight get to finish after SIGTERM; those still unanswered a second "
+        "before (a quarter of it, if shorter) are answered 503",
     )
     http.add_argument("--access_log", action="store_true", help="log every request (uvicorn's access log)")
     batching = parser.add_argument_group("batching")
@@ -87,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="re-resolve the alias every this many seconds, and swap in the version it points to",
     )
+    reload.add_argument(
+        "--allow_class_change",
+        action="store_true",
+        help="swap in a new version even if its classes differ from the served ones (in order or number); "
+        "without it such a version is refused and the old one keeps serving",
+    )
     add_verbose_option(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -105,7 +142,12 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         max_upload_bytes=args.max_upload_bytes,
         max_batch_images=args.max_batch_images,
         max_image_pixels=args.max_image_pixels,
+        max_request_pixels=args.max_request_pixels,
+        decode_workers=args.decode_workers,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
         reload_every=args.reload_every,
+        allow_class_change=args.allow_class_change,
         graceful_timeout=args.graceful_timeout,
         torch_threads=args.torch_threads,
         access_log=args.access_log,
@@ -114,15 +156,53 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def token_from_environment(parser: argparse.ArgumentParser) -> Secret | None:
+    """$SERVE_TOKEN without its surrounding whitespace (a secret file's trailing newline): clients strip theirs
+    too. Only visible ASCII can be sent as 'Authorization: Bearer <token>': anything else is refused here,
+    rather than every request being 401 later. No message shows any part of the token."""
     token = os.environ.get(TOKEN_ENV)
     if token is None:
         return None
-    if not token.strip():
+    token = token.strip()
+    if not token:
         parser.error(f"{TOKEN_ENV} is set but empty: unset it to serve without a token, or give it a value")
+    if not all(" " < character <= "~" for character in token):
+        parser.error(
+            f"{TOKEN_ENV} holds a character that an HTTP header cannot carry as a bearer token: use visible "
+            "ASCII only (letters, digits, punctuation; no spaces or other characters inside)"
+        )
     return Secret(token)
 
 
-def serve(settings: ServeSettings) -> int:
+class HangupsDuringStartup:
+    """SIGHUP's default action kills the process: from the command's first line until the app's own handler
+    takes over, a SIGHUP is only remembered (the alias is re-resolved once the service runs)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+            signal.signal(signal.SIGHUP, self._record)
+
+    def _record(self, number, frame) -> None:
+        self.count += 1
+
+    def __call__(self) -> bool:
+        return self.count > 0
+
+
+def _stoppable_server(config, on_stop: Callable[[], None]):
+    """uvicorn's Server, which also tells the app when a stop begins: requests still in progress are then
+    answered (503 if need be) before --graceful_timeout ends, and new ones are refused."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            on_stop()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+def serve(settings: ServeSettings, hangups: HangupsDuringStartup | None = None) -> int:
     # Imported here so that --help and usage errors answer at once, without loading torch.
     import torch
     import uvicorn
@@ -132,8 +212,10 @@ def serve(settings: ServeSettings) -> int:
 
     torch.set_num_threads(settings.torch_threads)
     model = load_model(settings.model)  # before binding the port: a bad model is one error line, not a stack
+    app = create_app(settings, model, hangup_before_start=hangups)
+    state = app.state.service
     config = uvicorn.Config(
-        create_app(settings, model),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # our handlers, set up once in main()
@@ -141,7 +223,8 @@ def serve(settings: ServeSettings) -> int:
         timeout_graceful_shutdown=settings.graceful_timeout,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _stoppable_server(config, on_stop=state.begin_stop)
+    state.request_exit = lambda: setattr(server, "should_exit", True)
     stopped_by: list[int] = []
     # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the previous handler:
     # this one, so that a requested stop ends with exit status 0 instead of death by signal.
@@ -157,17 +240,21 @@ def serve(settings: ServeSettings) -> int:
     if not server.started:
         logger.error("the server did not start (see the messages above)")
         return 1
+    if state.batcher is not None and state.batcher.failure is not None:
+        logger.error("exiting with status 1: the inference worker died (%s)", state.batcher.failure)
+        return 1
     if stopped_by:
         logger.info("stopped by %s", signal.Signals(stopped_by[0]).name)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    hangups = HangupsDuringStartup()  # first: a SIGHUP during start-up must never kill the service
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = settings_from_args(parser, args)
     configure_logging(args.verbose)
-    return exit_code_of(lambda: serve(settings))
+    return exit_code_of(lambda: serve(settings, hangups))
 
 
 if __name__ == "__main__":

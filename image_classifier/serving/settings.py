@@ -10,6 +10,8 @@ from image_classifier.images import DEFAULT_MAX_PIXELS
 from image_classifier.serving.model_request import ModelRequest
 
 OUTPUT_FORMATS = ("table", "json", "csv")
+# 64 megapixels of declared images per request: 64 one-megapixel photos, or one at the 36 MP limit and more.
+DEFAULT_MAX_REQUEST_PIXELS = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,12 @@ class ServeSettings:
     max_upload_bytes: int = 4 * 1024 * 1024
     max_batch_images: int = 64
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    decode_workers: int = 2
+    max_queue: int = 64
+    request_timeout: float = 30.0
     reload_every: float | None = None
+    allow_class_change: bool = False
     graceful_timeout: float = 30.0
     torch_threads: int = 1
     access_log: bool = False

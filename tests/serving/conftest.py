@@ -4,8 +4,11 @@ started as a real process (the console script) on a free port and always stopped
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -20,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from image_classifier.data.data import load_dataset, preprocess
 from image_classifier.model.model import Net
@@ -91,6 +95,39 @@ def png_declaring(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
+def metric_samples(text: str, name: str) -> list[tuple[dict, float]]:
+    """(labels, value) of every sample called `name` in a Prometheus text exposition."""
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of the one sample `name` with these labels; 0 when there is none (a counter not yet used)."""
+    values = [value for found, value in metric_samples(text, name) if all(found.get(k) == v for k, v in labels.items())]
+    assert len(values) <= 1, (name, labels, values)
+    return values[0] if values else 0.0
+
+
+def variant_run(source: Path, target: Path, classes: list[str] | None = None, change=None) -> Path:
+    """A copy of a completed run whose weights `change(state_dict)` altered and whose run.json names
+    `classes`; its model_sha256 is the new file's, so that the registry takes it as any other run."""
+    shutil.copytree(source, target)
+    state_dict = torch.load(target / "model.pth", weights_only=True)
+    if change is not None:
+        change(state_dict)
+    torch.save(state_dict, target / "model.pth")
+    record = json.loads((target / "run.json").read_text())
+    record["model_sha256"] = hashlib.sha256((target / "model.pth").read_bytes()).hexdigest()
+    if classes is not None:
+        record["classes"] = classes
+    (target / "run.json").write_text(json.dumps(record, indent=2))
+    return target
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -131,15 +168,18 @@ def stop(server: Server) -> int:
 
 
 @contextlib.contextmanager
-def running_server(log_dir: Path, *args: str, env: dict | None = None, cwd: Path | None = None):
-    """`image_classifier_serve ARGS --port <free>` as a real process; stopped (SIGTERM) even when the test fails."""
+def running_server(
+    log_dir: Path, *args: str, env: dict | None = None, cwd: Path | None = None, program: list[str] | None = None
+):
+    """`image_classifier_serve ARGS --port <free>` (or `program ARGS ...`) as a real process; stopped (SIGTERM)
+    even when the test fails."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if k not in ("SERVE_TOKEN", "MLFLOW_TRACKING_URI")}
     environment.update(env or {})
     log_path = log_dir / f"serve-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [command("image_classifier_serve"), *args, "--host", "127.0.0.1", "--port", str(port)],
+            [*(program or [command("image_classifier_serve")]), *args, "--host", "127.0.0.1", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=environment,
@@ -158,3 +198,40 @@ def served_run(trained_run, tmp_path_factory):
     """The trained run, served with the default settings for a whole test module."""
     with running_server(tmp_path_factory.mktemp("logs"), "--model", str(trained_run)) as server:
         yield server
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds (a deadline, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def port_of(server: Server) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def partial_request(server: Server, path: str, body: bytes, sent: int, content_type: str = "image/png"):
+    """A socket whose request has its headers and the first `sent` bytes of its body sent: in flight."""
+    sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=120)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body[:sent])
+    return sock
+
+
+def receive_all(sock: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    sock.close()
+    return b"".join(chunks)
+
+
+def split_response(reply: bytes) -> tuple[int, dict, bytes]:
+    """(status, headers with lower-case names, body) of a raw HTTP/1.1 response."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body

@@ -3,15 +3,25 @@ send, and the app's own contract (the model loaded in the lifespan, JSON errors 
 
 from __future__ import annotations
 
+import io
+import re
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from image_classifier.data.database import Secret
 from image_classifier.serving.app import create_app
 from image_classifier.serving.model_request import ModelRequest
 from image_classifier.serving.settings import ServeSettings
-from tests.serving.conftest import png_bytes
+from tests.serving.conftest import metric_value, png_bytes
+
+
+def encode_png(hwc: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(hwc).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +101,148 @@ def test_the_token_is_compared_exactly(trained_run, offline):
         assert client.get("/ready", headers={"Authorization": "bearer abc"}).status_code == 200  # scheme: any case
 
 
+def multipart_body(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> tuple[bytes, str]:
+    """A multipart/form-data body of file parts (filename, bytes), built by hand: many parts, quickly."""
+    pieces = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode() + payload + b"\r\n"
+        for name, payload in parts
+    ]
+    return b"".join(pieces) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture(scope="module")
+def roomy(trained_run):
+    """Default limits, but forward passes of at most 4 images."""
+    settings = ServeSettings(model=ModelRequest(str(trained_run)), max_batch_size=4)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_more_file_parts_than_max_batch_images_is_413_even_past_a_thousand(roomy, offline):
+    """The README's 413 for more than --max_batch_images images held only up to Starlette's own limit of
+    1,000 files, which answered 400."""
+    good = png_bytes(offline.images[0])
+    for count in (65, 1_001):
+        body, content_type = multipart_body([(f"{i}.png", good[:10]) for i in range(count)])
+        response = roomy.post("/predict/batch", content=body, headers={"Content-Type": content_type})
+        assert response.status_code == 413, (count, response.text)
+        assert "the limit is 64 (--max_batch_images)" in response.json()["error"]
+
+
+def test_a_forward_pass_holds_at_most_max_batch_size_images(roomy, offline):
+    """A request of 10 images with --max_batch_size 4 runs as passes of 4, 4 and 2 (one model), and each
+    image gets the probabilities it gets alone."""
+    before = metric_value(roomy.get("/metrics").text, "image_classifier_batch_size_count")
+    files = [("files", (f"{i}.png", png_bytes(offline.images[i]), "image/png")) for i in range(10)]
+    answer = roomy.post("/predict/batch?top_k=10", files=files)
+    assert answer.status_code == 200, answer.text
+    metrics = roomy.get("/metrics").text
+    assert metric_value(metrics, "image_classifier_batch_size_count") - before == 3
+    assert metric_value(metrics, "image_classifier_batch_size_bucket", le="2.0") == 1
+    assert metric_value(metrics, "image_classifier_batch_size_bucket", le="4.0") == 3
+    for index, result in enumerate(answer.json()["results"]):
+        by_label = {p["label"]: p["probability"] for p in result["predictions"]}
+        np.testing.assert_allclose([by_label[c] for c in range(10)], offline.probabilities[index], atol=1e-5)
+
+
+def test_the_declared_pixels_of_a_request_have_a_budget(trained_run):
+    square = encode_png(np.zeros((64, 64, 3), np.uint8))
+    files = [("files", (f"{i}.png", square, "image/png")) for i in range(3)]
+    settings = ServeSettings(model=ModelRequest(str(trained_run)), max_request_pixels=3 * 64 * 64)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/predict/batch", files=files).status_code == 200
+        response = client.post("/predict/batch", files=files + [("files", ("3.png", square, "image/png"))])
+        assert response.status_code == 413
+        assert response.json()["error"] == (
+            "image 4 (3.png): too many pixels in one request: its images declare more than 12,288 pixels in all "
+            "(--max_request_pixels)"
+        )
+
+
+def test_a_failing_forward_pass_is_a_json_500_and_the_service_lives_on(trained_run, offline, caplog):
+    good = png_bytes(offline.images[0])
+    with TestClient(create_app(ServeSettings(model=ModelRequest(str(trained_run))))) as client:
+        state = client.app.state.service
+        working = state.model
+
+        class Broken:
+            info, classes = working.info, working.classes
+
+            def probabilities(self, images):
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+        state.model = Broken()
+        response = client.post("/predict", content=good, headers={"Content-Type": "image/png"})
+        assert response.status_code == 500
+        assert response.json() == {"error": "the model failed on this request's batch (see the log)"}
+        assert "illegal memory access" in caplog.text and "Traceback" in caplog.text
+        state.model = working
+        assert client.post("/predict", content=good, headers={"Content-Type": "image/png"}).status_code == 200
+
+
+def test_an_unexpected_error_is_a_json_500_with_its_traceback_logged(trained_run, offline, caplog, monkeypatch):
+    from image_classifier.serving import routes
+
+    def broken_top_k(*args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(routes, "top_k", broken_top_k)
+    with TestClient(
+        create_app(ServeSettings(model=ModelRequest(str(trained_run)))), raise_server_exceptions=False
+    ) as client:
+        response = client.post("/predict", content=png_bytes(offline.images[0]), headers={"Content-Type": "image/png"})
+        assert response.status_code == 500
+        assert response.json() == {"error": "unexpected error in the service (logged)"}
+        assert "KeyError: 'a bug'" in caplog.text and "Traceback" in caplog.text
+        metrics = client.get("/metrics").text
+        assert metric_value(metrics, "image_classifier_errors_total", route="/predict", status="500") == 1
+
+
+class WorkerKilled(BaseException):
+    """Not an Exception: what no forward pass raises, so the batcher's worker itself ends."""
+
+
+def test_when_the_inference_worker_dies_ready_says_so_and_exit_is_requested(trained_run, offline):
+    good = png_bytes(offline.images[0])
+    with TestClient(create_app(ServeSettings(model=ModelRequest(str(trained_run))))) as client:
+        state = client.app.state.service
+        exits = []
+        state.request_exit = lambda: exits.append(1)
+        working = state.model
+
+        class Killing:
+            info, classes = working.info, working.classes
+
+            def probabilities(self, images):
+                raise WorkerKilled()
+
+        state.model = Killing()
+        response = client.post("/predict", content=good, headers={"Content-Type": "image/png"})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "the inference worker stopped" in response.json()["error"]
+        state.model = working
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and "inference worker stopped (WorkerKilled" in ready.json()["error"]
+        assert client.post("/predict", content=good, headers={"Content-Type": "image/png"}).status_code == 503
+        assert exits == [1]
+
+
+def test_the_docs_page_and_its_files_come_from_the_service_not_a_cdn(trained_run):
+    settings = ServeSettings(model=ModelRequest(str(trained_run)), token=Secret("abc"))
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200  # no token: the page and the schema hold nothing secret
+        sources = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(r"url: '([^']+)'", page.text)
+        assert sources and all(source.startswith("/") for source in sources), sources
+        for source in sources:
+            assert client.get(source).status_code == 200, source
+        assert client.get("/docs/static/swagger-ui-bundle.js").headers["content-type"].startswith("text/javascript")
+        schema = client.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        assert client.get("/metadata").status_code == 401
+
+
 class _FakeModel:
     """A served model of one input size, answering its size for every image."""
 
@@ -103,9 +255,9 @@ class _FakeModel:
 
 
 def test_a_batch_decoded_for_the_model_a_reload_replaced_is_answered_by_that_model():
-    from image_classifier.serving.app import Metrics, ServiceState
+    from image_classifier.serving.app import ServiceState
 
-    state = ServiceState(ServeSettings(model=ModelRequest("m")), Metrics(4), model=_FakeModel(64))
+    state = ServiceState(ServeSettings(model=ModelRequest("m")), model=_FakeModel(64))
     state.previous_model = _FakeModel(32)
     answer, model = state.infer(np.zeros((2, 3, 32, 32), dtype=np.uint8))
     assert model is state.previous_model and answer.tolist() == [[32], [32]]

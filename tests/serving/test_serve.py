@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,19 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, command
-from tests.serving.conftest import png_bytes, png_declaring, running_server, stop
+from tests.serving.conftest import (
+    Server,
+    free_port,
+    metric_samples,
+    metric_value,
+    partial_request,
+    png_bytes,
+    png_declaring,
+    receive_all,
+    running_server,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -79,17 +90,11 @@ def test_many_parallel_clients_each_get_their_own_answer(served_run, offline, te
         by_label = {p["label"]: p["probability"] for p in body["predictions"]}
         np.testing.assert_allclose([by_label[c] for c in range(10)], offline.probabilities[index], atol=1e-5)
     metrics = httpx.get(served_run.url + "/metrics", timeout=60).text
-    largest_batches = [
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith('image_classifier_batch_size_bucket{le="1.0"}')
-    ]
-    count = next(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("image_classifier_batch_size_count")
-    )
-    assert largest_batches and largest_batches[0] < count, "no forward pass ever held more than one image"
+    single = metric_value(metrics, "image_classifier_batch_size_bucket", le="1.0")
+    passes = metric_value(metrics, "image_classifier_batch_size_count")
+    assert single < passes, "no forward pass ever held more than one image"
+    assert metric_value(metrics, "image_classifier_batch_size_bucket", le="32.0") == passes  # --max_batch_size
+    assert metric_value(metrics, "image_classifier_images_predicted_total") >= 3 * len(test_pngs)
 
 
 def test_status_routes(served_run, trained_run):
@@ -103,14 +108,12 @@ def test_status_routes(served_run, trained_run):
     assert metadata["model"]["sha256"] == json.loads((trained_run / "run.json").read_text())["model_sha256"]
     prometheus = httpx.get(served_run.url + "/metrics", timeout=60)
     assert prometheus.headers["content-type"].startswith("text/plain")
-    for name in (
-        "requests_total",
-        "errors_total",
-        "request_duration_seconds_bucket",
-        "batch_size_bucket",
-        "model_info",
-    ):
-        assert f"image_classifier_{name}" in prometheus.text
+    text = prometheus.text
+    assert metric_value(text, "image_classifier_requests_total", route="/ready", status="200") >= 1
+    assert metric_value(text, "image_classifier_request_duration_seconds_count", route="/ready") >= 1
+    assert metric_value(text, "image_classifier_requests_in_progress") == 0
+    model_info = metric_samples(text, "image_classifier_model_info")
+    assert model_info == [({"sha256": metadata["model"]["sha256"], "name": "", "version": ""}, 1.0)]
     schema = httpx.get(served_run.url + "/openapi.json", timeout=60).json()
     assert {"/predict", "/predict/batch", "/health", "/ready", "/metadata", "/metrics"} <= set(schema["paths"])
     assert "Prediction" in schema["components"]["schemas"]
@@ -160,17 +163,22 @@ def test_bad_requests_get_a_4xx_json_error_and_the_service_lives_on(served_run, 
     assert post_png(url, good).status_code == 200
 
 
-def test_the_token_guards_every_route_but_health_and_never_reaches_the_log(trained_run, offline, tmp_path):
+def test_the_token_guards_every_route_but_health_and_the_docs_and_never_reaches_the_log(trained_run, offline, tmp_path):
+    """The token as a secret file gives it, with a trailing newline: stripped, as clients strip theirs."""
     good = png_bytes(offline.images[0])
-    with running_server(tmp_path, "--model", str(trained_run), "-v", env={"SERVE_TOKEN": TOKEN}) as server:
-        assert httpx.get(server.url + "/health", timeout=60).status_code == 200
-        for route in ("/ready", "/metadata", "/metrics", "/docs", "/openapi.json"):
+    env = {"SERVE_TOKEN": f"  {TOKEN}\n"}
+    with running_server(tmp_path, "--model", str(trained_run), "-v", env=env) as server:
+        for route in ("/health", "/docs", "/openapi.json"):
+            assert httpx.get(server.url + route, timeout=60).status_code == 200, route
+        for route in ("/ready", "/metadata", "/metrics"):
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
                 response = httpx.get(server.url + route, headers=headers, timeout=60)
                 assert response.status_code == 401, (route, headers)
                 assert response.headers["www-authenticate"] == "Bearer"
+                assert TOKEN not in response.text
             ok = httpx.get(server.url + route, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
             assert ok.status_code == 200, route
+            assert TOKEN not in ok.text
         assert post_png(server.url, good).status_code == 401
         authorised = post_png(server.url, good, token=TOKEN)
         assert authorised.status_code == 200
@@ -179,19 +187,27 @@ def test_the_token_guards_every_route_but_health_and_never_reaches_the_log(train
         assert "serving" in server.log()  # the log was written, at debug level, and still holds no token
 
 
+@pytest.mark.parametrize("token", ["tøken-ü", "two words", "tab\tinside", "\x7f"])
+def test_a_token_that_a_header_cannot_carry_is_a_usage_error_that_does_not_show_it(token, capsys, monkeypatch):
+    from image_classifier.serving import serve
+
+    monkeypatch.setenv("SERVE_TOKEN", token)
+    with pytest.raises(SystemExit) as stop:
+        serve.main(["--model", "anything"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "SERVE_TOKEN holds a character that an HTTP header cannot carry" in err
+    assert token.strip() not in err
+
+
 def test_sigterm_lets_the_request_in_flight_finish_refuses_new_ones_and_exits_0(trained_run, offline, tmp_path):
     good = png_bytes(offline.images[0])
     with running_server(tmp_path, "--model", str(trained_run)) as server:
-        port = int(server.url.rsplit(":", 1)[1])
         # A request whose body is only half sent is in flight when SIGTERM arrives.
-        in_flight = socket.create_connection(("127.0.0.1", port), timeout=120)
-        head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(good)}\r\n\r\n"
-        in_flight.sendall(head.encode() + good[:100])
-        time.sleep(1)
+        in_flight = partial_request(server, "/predict", good, sent=100)
+        wait_for(lambda: in_progress(server) == 1, "the request to be in progress")
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(2)  # uvicorn closes its listening socket first
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(server.url + "/health", timeout=10)
+        wait_for(lambda: refuses_connections(server), "the listening socket to close")
         in_flight.sendall(good[100:])
         reply = receive_all(in_flight)
         assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
@@ -200,12 +216,16 @@ def test_sigterm_lets_the_request_in_flight_finish_refuses_new_ones_and_exits_0(
         assert "stopped" in server.log()
 
 
-def receive_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    sock.close()
-    return b"".join(chunks)
+def in_progress(server) -> float:
+    return metric_value(httpx.get(server.url + "/metrics", timeout=60).text, "image_classifier_requests_in_progress")
+
+
+def refuses_connections(server) -> bool:
+    try:
+        httpx.get(server.url + "/health", timeout=10)
+    except httpx.ConnectError:
+        return True
+    return False
 
 
 def test_a_bad_model_is_one_error_line_before_any_port_is_bound(tmp_path):
@@ -285,3 +305,67 @@ def test_the_readme_documents_every_option_of_both_commands():
     for module in (serve, predict):
         options = {o for action in module.build_parser()._actions for o in action.option_strings}
         assert options - {"-h", "--help", "--version"} <= documented, options - documented
+
+
+def torch_is_loaded(pid: int) -> bool:
+    try:
+        return "libtorch" in open(f"/proc/{pid}/maps").read()
+    except OSError:
+        return False
+
+
+def test_sighup_during_start_up_never_kills_the_service(trained_run, tmp_path):
+    """SIGHUPs from the moment torch is loaded (before the model is) until the service answers: it lives,
+    serves, and says that a SIGHUP came during start-up."""
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [command("image_classifier_serve"), "--model", str(trained_run), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_for(lambda: process.poll() is not None or torch_is_loaded(process.pid), "torch to load", 180)
+        sent = 0
+        while refuses_connections(server):
+            assert process.poll() is None, f"killed by the SIGHUP number {sent}:\n{server.log()}"
+            process.send_signal(signal.SIGHUP)
+            sent += 1
+            time.sleep(0.05)  # the pace of the signals, not a wait for anything
+        assert sent >= 1
+        assert httpx.get(server.url + "/ready", timeout=60).status_code == 200
+        wait_for(lambda: "SIGHUP during start-up" in server.log(), "the start-up SIGHUP to be handled")
+        assert "nothing to re-resolve" in server.log()
+    finally:
+        assert stop(server) == 0, server.log()
+
+
+KILL_THE_WORKER = """
+import sys
+from image_classifier.serving import model_source, serve
+
+
+class WorkerKilled(BaseException):
+    pass
+
+
+def probabilities(self, images):
+    raise WorkerKilled("injected by the test")
+
+
+model_source.ServedModel.probabilities = probabilities
+sys.exit(serve.main(sys.argv[1:]))
+"""
+
+
+def test_when_the_inference_worker_dies_the_service_exits_non_zero(trained_run, offline, tmp_path):
+    """A fault injected in the forward pass (an error that is not an Exception) kills the batcher's worker:
+    the request gets a 503, and the process exits 1 on its own, for its supervisor to restart it."""
+    program = [sys.executable, "-c", KILL_THE_WORKER]
+    with running_server(tmp_path, "--model", str(trained_run), program=program) as server:
+        answer = post_png(server.url, png_bytes(offline.images[0]))
+        assert answer.status_code == 503 and "the inference worker stopped" in answer.json()["error"]
+        assert server.process.wait(timeout=120) == 1, server.log()
+        assert "exiting with status 1: the inference worker died (WorkerKilled: injected by the test)" in server.log()
