@@ -7,6 +7,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from image_classifier.errors import UserError
+from image_classifier.model.spec import check_architecture_name
 from image_classifier.run_dir import INCOMPLETE_SUFFIX
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
@@ -36,6 +37,7 @@ class TrainConfig:
     num_threads: int = 0  # 0: chosen from the batch size (see trainer.torch_threads_for)
     channels_last: bool = True
     amp: bool = False
+    architecture: str = "net"  # the notebook's Net, or a torchvision classification model by name
     pretrained_model: Path | None = None
     # --pretrained_model models:/NAME/VERSION or models:/NAME@ALIAS as given, and the version it resolved to
     # (tracking/pretrained.py then sets pretrained_model to that version's file).
@@ -56,6 +58,7 @@ class TrainConfig:
             raise UserError(f"invalid run name {self.run_name!r}: '{INCOMPLETE_SUFFIX}' marks unfinished runs")
         if not 0 < self.test_fraction < 1:
             raise UserError(f"invalid test fraction {self.test_fraction}: it must be between 0 and 1 (exclusive)")
+        check_architecture_name(self.architecture)  # whether it exists is checked when the run starts
 
     @property
     def run_dir(self) -> Path:

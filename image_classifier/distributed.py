@@ -90,6 +90,17 @@ class Runtime:
         dist.all_gather_object(values, value)
         return values
 
+    def share_main_buffers(self, model: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (batch norm's running statistics), in place.
+
+        DDP does this at the start of every forward pass; each rank's own batches then update its copy. After
+        the last step of an epoch they differ, so evaluation and the saved model take rank 0's, as DDP would.
+        """
+        if not self.distributed:
+            return
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def broadcast_from_main(self, value: object) -> object:
         """Rank 0's `value` on every rank."""
         if not self.distributed:

@@ -21,7 +21,11 @@ class ImageError(UserError):
 
 
 class PretrainedModelError(UserError):
-    """The pretrained model file is missing or does not hold weights for `Net`."""
+    """The pretrained model file is missing, or does not hold weights that fit the model."""
+
+
+class ModelSpecError(UserError):
+    """A model spec (architecture, image size, normalisation, classes) that is invalid or cannot be built."""
 
 
 class RunDirectoryError(UserError):

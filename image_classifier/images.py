@@ -88,6 +88,17 @@ def convert_image(image: Image.Image, image_size: int = DEFAULT_IMAGE_SIZE) -> n
         image.close()
 
 
+def conversion_settings(image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """What the rule's output depends on besides the bytes: recorded with, and keying, prepared data."""
+    return {
+        "rule_version": RULE_VERSION,
+        "image_size": image_size,
+        "resampling": RESAMPLING.name,
+        "max_pixels": max_pixels,
+        "pillow": PIL.__version__,  # another Pillow (and its codecs) may decode JPEG differently
+    }
+
+
 def declared_pixels(image: Image.Image) -> int:
     width, height = image.size
     return width * height
@@ -116,17 +127,6 @@ def _open(payload: bytes, max_pixels: int) -> Image.Image:
             status=413,
         )
     return image
-
-
-def conversion_settings(image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """What the rule's output depends on besides the bytes: recorded with, and keying, prepared data."""
-    return {
-        "rule_version": RULE_VERSION,
-        "image_size": image_size,
-        "resampling": RESAMPLING.name,
-        "max_pixels": max_pixels,
-        "pillow": PIL.__version__,  # another Pillow (and its codecs) may decode JPEG differently
-    }
 
 
 def _to_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:

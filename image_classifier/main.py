@@ -1,4 +1,5 @@
-"""Train the notebook's CNN on CIFAR-10 and record the run under <experiments>/<experiment>/<run>/.
+"""Train the notebook's CNN (or a torchvision model) on CIFAR-10 and record the run under
+<experiments>/<experiment>/<run>/.
 
 Copy-paste examples (the password may also come from the DB_PASSWORD environment variable):
 
@@ -8,6 +9,9 @@ Copy-paste examples (the password may also come from the DB_PASSWORD environment
     image_classifier_trainer --experiment_name pets --run_name run_1 --dataset_folder ~/pets --augment --db_pass x
     image_classifier_trainer --experiment_name demo --run_name run_2 --dataset_folder data/sample_dataset \\
         --pretrained_model demo/run_1/model.pth --num_epochs 1 --db_pass x
+    # torchvision's ResNet-18, from ImageNet weights downloaded beforehand (its 1000-class head is replaced):
+    image_classifier_trainer --experiment_name demo --run_name resnet --dataset_folder data/sample_dataset \
+        --architecture resnet18 --pretrained_model /abs/path/resnet18-f37072fd.pth --db_pass x
     # continue a run stopped by Ctrl-C, SIGTERM or a crash:
     image_classifier_trainer --experiment_name demo --run_name run_3 ... --resume
 """
@@ -68,7 +72,8 @@ def device_name(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="image_classifier_trainer",
-        description="Train the CIFAR-10 tutorial CNN and write model.pth, metrics.png, metrics.json and run.json "
+        description="Train the CIFAR-10 tutorial CNN (or a torchvision model: --architecture) and write model.pth, "
+        "metrics.png, metrics.json and run.json "
         "to <experiments_folder>/<experiment_name>/<run_name>/.",
     )
     run = parser.add_argument_group("run")
@@ -93,11 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
         "folders, or train/<class>/... with test/ (or val/, validation/) beside it",
     )
     run.add_argument(
+        "--architecture",
+        default="net",
+        help="the model: net (the notebook's CNN) or a torchvision classification model by name, such as resnet18, "
+        "mobilenet_v3_small or efficientnet_b0 (an unknown name lists them all); built for the dataset's classes "
+        "and image size, with random weights unless --pretrained_model gives some (nothing is downloaded)",
+    )
+    run.add_argument(
         "--pretrained_model",
         type=Path,
         default=None,
         help="state_dict to start from: relative to --experiments_folder (e.g. exp/run/model.pth) or absolute, "
-        "or a registered version: models:/NAME/VERSION or models:/NAME@ALIAS",
+        "or a registered version: models:/NAME/VERSION or models:/NAME@ALIAS; torchvision's published ImageNet "
+        "weights for --architecture work too (a classifier head for another class count is replaced)",
     )
     run.add_argument(
         "--mlflow_tracking_uri",

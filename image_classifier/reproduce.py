@@ -34,9 +34,10 @@ from image_classifier.cli import (
 )
 from image_classifier.config import TrainConfig
 from image_classifier.data.database import Secret
-from image_classifier.errors import DistributedRunError, UserError
+from image_classifier.errors import DistributedRunError, ModelSpecError, UserError
 from image_classifier.main import arguments_for
 from image_classifier.manifest import dataset_file_differences, differences, start_environment
+from image_classifier.model.spec import SPEC_KEY, spec_of_run
 from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
 from image_classifier.tracking.uri import TRACKING_URI_ENV
 
@@ -114,11 +115,23 @@ def metric_differences(recorded: dict, reproduced: dict) -> list[str]:
     ]
 
 
-def environment_differences(recorded: dict, reproduced: dict) -> list[str]:
-    """What besides the code path could explain different bytes, from the two run.json manifests."""
+def _spec_of(manifest: dict, metrics: dict | None) -> dict | None:
+    """The model spec the run was built from (an earlier version's run: the notebook's Net at 32 x 32)."""
+    try:
+        return spec_of_run(manifest, metrics).to_dict()
+    except ModelSpecError:
+        return manifest.get(SPEC_KEY)
+
+
+def environment_differences(
+    recorded: dict, reproduced: dict, recorded_metrics: dict | None = None, reproduced_metrics: dict | None = None
+) -> list[str]:
+    """What besides the code path could explain different bytes, from the two run.json manifests (and the
+    metrics, where an earlier version's run keeps its classes)."""
     sections = ("dataset", "determinism", "pretrained_model", "augmentation")
     before = {**start_environment(recorded), **{key: recorded.get(key) for key in sections}}
     after = {**start_environment(reproduced), **{key: reproduced.get(key) for key in sections}}
+    before[SPEC_KEY], after[SPEC_KEY] = _spec_of(recorded, recorded_metrics), _spec_of(reproduced, reproduced_metrics)
     # Paths differ with the directory a run is started from, an image folder's prepared copy with the cache it
     # is in, and a re-run starts from the pretrained file itself, not from the registry name that found it:
     # the files' hashes are what count.
@@ -289,7 +302,7 @@ def reproduce(run_dir: Path, password: Secret, dataset_folder: Path | None = Non
     recorded_metrics, new_metrics = read_json(run_dir / METRICS_FILE), read_json(new_dir / METRICS_FILE)
     metric_changes = metric_differences(recorded_metrics, new_metrics)
     new_manifest = read_json(new_dir / RUN_FILE)
-    environment_changes = environment_differences(manifest, new_manifest)
+    environment_changes = environment_differences(manifest, new_manifest, recorded_metrics, new_metrics)
     # Another version may lay the same weights out differently in the file (version 1.0.0 pickled the
     # state_dict's metadata too): there the weights are what must match, here every byte.
     version = (manifest.get("versions") or {}).get("image_classifier")

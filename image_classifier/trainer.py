@@ -39,9 +39,17 @@ from image_classifier.data.batches import BatchAugmentation, iterate_batches, nu
 from image_classifier.data.data import DataOptions, TrainTestData, get_train_test_data
 from image_classifier.data.database import Secret, load_settings
 from image_classifier.distributed import Runtime, runtime_for, weights_digest
-from image_classifier.errors import DistributedRunError, TrainingInterrupted
+from image_classifier.errors import DistributedRunError, ModelSpecError, TrainingInterrupted
 from image_classifier.manifest import last_environment
-from image_classifier.model.model import build_model, load_weights, read_state_dict
+from image_classifier.model.architectures import (
+    build_model,
+    check_architecture,
+    check_deterministic_kernels,
+    check_trains_on_one_image,
+    load_pretrained,
+)
+from image_classifier.model.model import read_state_dict
+from image_classifier.model.spec import SPEC_KEY, ModelSpec, new_spec
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
 from image_classifier.reproducibility import (
@@ -163,6 +171,7 @@ class TrainingSession:
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator  # the data order's own generator
     run_dir: RunDirectory
+    spec: ModelSpec  # what run.json records: how to rebuild the model and feed it
     augment: BatchAugmentation | None = None  # --augment, with this rank's own generator
     on_epoch: Callable[[dict], None] = _ignore_epoch  # told each epoch's history entry (tracking)
 
@@ -216,6 +225,7 @@ class TrainingSession:
 
     def evaluate_test_set(self, stop: StopSignals) -> dict:
         config, data, runtime = self.config, self.data, self.runtime
+        runtime.share_main_buffers(self.model)  # batch norm's statistics: every rank evaluates one model
         shard = runtime.test_shard(len(data.test))
         test_batches = iterate_batches(
             data.test, config.eval_batch_size, self.device, shard, memory_format=memory_format(config)
@@ -330,6 +340,7 @@ def _new_manifest(
     environment: dict,
     determinism: dict,
     data: TrainTestData,
+    spec: ModelSpec,
     pretrained: dict | None,
     augment: BatchAugmentation | None,
 ) -> dict:
@@ -340,7 +351,8 @@ def _new_manifest(
         "determinism": determinism,
         **environment,
         "dataset": {"folder": str(config.dataset_folder), **data.record},
-        "classes": list(data.classes),
+        SPEC_KEY: spec.to_dict(),
+        "classes": list(data.classes),  # also in the spec; kept for readers of earlier versions
         "pretrained_model": pretrained,
         "model_sha256": None,
         "diverged": False,
@@ -358,10 +370,10 @@ def _new_manifest(
 def _start(session: TrainingSession, pretrained: dict | None, environment: dict, determinism: dict) -> RunState:
     config = session.config
     if pretrained is not None:
-        load_weights(session.model, pretrained, config.pretrained_model)
+        load_pretrained(session.model, session.spec, pretrained, config.pretrained_model)
         logger.info("loaded pretrained weights from %s", config.pretrained_model)
     manifest = _new_manifest(
-        config, environment, determinism, session.data, _pretrained_record(config), session.augment
+        config, environment, determinism, session.data, session.spec, _pretrained_record(config), session.augment
     )
     manifest["world_size"] = session.runtime.world_size
     state = RunState(progress=EpochProgress(epoch=1), manifest=manifest)
@@ -453,6 +465,7 @@ def _lost_a_peer(exc: RuntimeError) -> bool:
 
 
 def _train(config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_uri: str | None) -> Path:
+    check_architecture(config.architecture)  # an unknown name is refused before anything is touched
     # The run's lock lasts as long as the run: released when it finishes or fails, so this process may retry.
     with RunDirectory(config.run_dir) as run_dir:
         return _train_in(run_dir, config, db_password, runtime, tracking_uri)
@@ -478,20 +491,26 @@ def _train_in(
     if checkpoint is not None:
         check_dataset(checkpoint["dataset_sha256"], data.fingerprint, config.dataset_folder)
 
+    spec = new_spec(config.architecture, _image_size(data), data.classes)
     data = dataclasses.replace(
         data,
-        train=prepare_split(data.train, device, memory_format(config)),
-        test=prepare_split(data.test, device, memory_format(config)),
+        train=prepare_split(data.train, device, memory_format(config), spec.mean, spec.std),
+        test=prepare_split(data.test, device, memory_format(config), spec.mean, spec.std),
     )
 
     determinism = configure_determinism(config.deterministic, device)
     seed_everything(config.seed)
-    model = build_model(len(data.classes), device).to(memory_format=memory_format(config))
+    model = build_model(spec)
+    if len(runtime.shard(torch.arange(len(data.train)))) % config.batch_size == 1:
+        check_trains_on_one_image(model, spec)
+    model = model.to(device).to(memory_format=memory_format(config))
+    if config.deterministic and device.type == "cuda":
+        check_deterministic_kernels(model, spec, device)
     trained = DistributedDataParallel(model) if runtime.distributed else model
     optimizer = build_optimizer(model, config.learning_rate, config.momentum)
     shuffle = torch.Generator().manual_seed(config.seed)
     augment = BatchAugmentation(augment_generator(config.seed, runtime.rank)) if config.augment else None
-    session = TrainingSession(config, data, runtime, model, trained, optimizer, shuffle, run_dir, augment)
+    session = TrainingSession(config, data, runtime, model, trained, optimizer, shuffle, run_dir, spec, augment)
     if checkpoint is None:
         state = _start(session, pretrained, environment, determinism)
     else:
@@ -565,6 +584,14 @@ def _check_same_data(data: TrainTestData, runtime: Runtime) -> None:
     fingerprints = runtime.gather(data.fingerprint)
     if any(fingerprint != fingerprints[0] for fingerprint in fingerprints):
         raise DistributedRunError("the processes read different datasets: a file changed while the job started")
+
+
+def _image_size(data: TrainTestData) -> int:
+    """The side of the dataset's images: the size the model is built for and served at."""
+    height, width = data.train.images.shape[-2:]
+    if height != width:
+        raise ModelSpecError(f"the dataset's images are {width} x {height} pixels; models take square images")
+    return int(height)
 
 
 def _record_tracking(manifest: dict, run_logger) -> None:

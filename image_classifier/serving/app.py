@@ -49,6 +49,9 @@ CLIENT_GONE = 499
 class ServiceState:
     settings: ServeSettings
     model: ServedModel | None = None
+    # The model a reload replaced by one of another input size: requests decoded for it just before the swap
+    # are still answered by it.
+    previous_model: ServedModel | None = None
     metrics: Metrics = field(init=False)
     admission: Admission = field(init=False)
     limits: UploadLimits = field(init=False)
@@ -73,8 +76,13 @@ class ServiceState:
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, ServedModel]:
         """In the inference thread: one model for the whole batch, even if a reload swaps it meanwhile, and
-        forward passes of at most --max_batch_size images."""
+        forward passes of at most --max_batch_size images. The batch's images were decoded at the input size
+        of the model served then (the batcher never mixes sizes): after a swap to a model of another size,
+        those few requests are answered by the model they were decoded for."""
         model = self.model
+        previous = self.previous_model
+        if images.shape[-1] != model.image_size and previous is not None and images.shape[-1] == previous.image_size:
+            model = previous
         step = self.settings.max_batch_size
         parts = []
         for start in range(0, len(images), step):
@@ -109,7 +117,7 @@ def create_app(
     app = FastAPIOffline(
         title="image-classifier",
         version=__version__,
-        summary="CIFAR-10 tutorial CNN predictions",
+        summary="image classifier predictions (the CIFAR-10 tutorial CNN, or a torchvision model)",
         description="Use **Authorize** to enter the bearer token (`SERVE_TOKEN`) when the service has one: "
         "/docs and /openapi.json need none, every other route but /health does.",
         lifespan=_lifespan(state, hangup_before_start or (lambda: False)),

@@ -31,7 +31,7 @@ from image_classifier.serving.workers import DaemonPool
 
 logger = logging.getLogger(__name__)
 
-# Computes class probabilities (N x classes) for N images (N x 3 x 32 x 32), and says which model did.
+# Computes class probabilities (N x classes) for N images (N x 3 x S x S), and says which model did.
 Infer = Callable[[np.ndarray], tuple[np.ndarray, Any]]
 
 
@@ -91,7 +91,7 @@ class MicroBatcher:
             self._announced -= 1
 
     async def submit(self, images: np.ndarray) -> tuple[np.ndarray, Any]:
-        """Probabilities for `images` (N x 3 x 32 x 32 uint8), and the model that computed them."""
+        """Probabilities for `images` (N x 3 x S x S uint8), and the model that computed them."""
         if self.failure is not None:
             raise BatcherStopped(f"the inference worker stopped ({self.failure})")
         if self._stopping:
@@ -153,7 +153,9 @@ class MicroBatcher:
             if item[1].done():  # its client went away, or its deadline passed, while it was queued
                 batch.append(item)  # counted as done with the batch; never computed
                 continue
-            if size + len(item[0]) > self._max_batch_size:
+            # Images decoded for a model of another input size (a reload swapped it meanwhile) go in a batch
+            # of their own.
+            if size + len(item[0]) > self._max_batch_size or item[0].shape[1:] != batch[0][0].shape[1:]:
                 return item
             batch.append(item)
             size += len(item[0])

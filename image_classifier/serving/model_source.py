@@ -1,14 +1,18 @@
-"""Find a model (run folder, model.pth or models:/ URI), check it, load it, and name its classes.
+"""Find a model (run folder, model.pth or models:/ URI), check it, build it from its spec and load it.
 
-Class names, in label order, come from, first to last: the run's `run.json` ("classes"), the key order of its
-`metrics.json` "class_accuracy"; for a bare model.pth, `--classes`, `--metadata FILE` or a `metadata.json`
-beside it. Classes given explicitly for a run that names its own must agree with them.
+The model spec (architecture, image size, normalisation, classes) comes from the run's `run.json`
+("model_spec"); a run of an earlier version, which has none, is the notebook's Net at 32 x 32, its classes in
+label order from run.json's "classes" or the key order of its metrics.json "class_accuracy". A registered
+version's run.json lies beside its model.pth (in its run folder, or downloaded from MLflow with it).
+
+For a bare model.pth the classes come from `--classes`, `--metadata FILE` or a `metadata.json` beside it; that
+JSON file may also name "architecture", "image_size", "mean" and "std" (else: the notebook's Net at 32 x 32),
+or be a run's run.json. Classes given explicitly for a run that names its own must agree with them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -16,9 +20,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from image_classifier.data.batches import preprocess
-from image_classifier.model.model import Net, load_weights
+from image_classifier.errors import ModelSpecError
+from image_classifier.model.architectures import build_model, load_trained
+from image_classifier.model.model import classifier_head, state_dict_from_bytes
+from image_classifier.model.spec import (
+    DEFAULT_IMAGE_SIZE,
+    NET,
+    SPEC_KEY,
+    ModelSpec,
+    checked_classes,
+    default_normalization,
+    older_run_classes,
+    spec_of_run,
+)
+from image_classifier.normalization import normalize
 from image_classifier.serving import registry_client
 from image_classifier.serving.errors import ModelSourceError
 from image_classifier.serving.model_request import ModelRequest
@@ -38,7 +55,7 @@ class ModelInfo:
     source: str
     model_path: str
     sha256: str
-    classes: tuple[str, ...]
+    spec: ModelSpec  # architecture, image size, normalisation and classes
     registry_name: str | None = None
     registry_version: int | None = None
     aliases: tuple[str, ...] = ()
@@ -47,20 +64,33 @@ class ModelInfo:
     test_accuracy: float | None = None
     class_accuracy: dict | None = None
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
 
 @dataclass(frozen=True)
 class ServedModel:
-    net: Net
+    net: nn.Module
     info: ModelInfo
 
     @property
+    def spec(self) -> ModelSpec:
+        return self.info.spec
+
+    @property
     def classes(self) -> tuple[str, ...]:
-        return self.info.classes
+        return self.spec.classes
+
+    @property
+    def image_size(self) -> int:
+        """The side of the images the model takes: `images.decode_image(..., image_size=...)` makes them."""
+        return self.spec.image_size
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 N x 3 x 32 x 32 -> float32 N x classes, softmax of the logits, via the training normalisation."""
+        """uint8 N x 3 x S x S -> float32 N x classes, softmax of the logits, via the training normalisation."""
         with torch.inference_mode():
-            logits = self.net(preprocess(torch.from_numpy(images)))
+            logits = self.net(normalize(torch.from_numpy(images), self.spec.mean, self.spec.std))
             return torch.softmax(logits, dim=1).numpy()
 
 
@@ -78,10 +108,18 @@ def load_model(request: ModelRequest) -> ServedModel:
     run = _read_json(located.run_dir / RUN_FILE) if located.run_dir else None
     metrics = _read_json(located.run_dir / METRICS_FILE) if located.run_dir else None
     _check_recorded_hash(located, run, sha256)
-    classes = _classes(request, located, run, metrics)
-    net = _build_net(payload, located.model_path, classes)
-    info = _info(request, located, sha256, classes, run, metrics)
-    logger.info("loaded %s (sha256 %s, %d classes)", request.model, sha256[:12], len(classes))
+    spec = _spec(request, located, run, metrics)
+    net = _build_net(payload, located.model_path, spec)
+    info = _info(request, located, sha256, spec, metrics)
+    logger.info(
+        "loaded %s (sha256 %s: %s, %d classes, %d x %d images)",
+        request.model,
+        sha256[:12],
+        spec.architecture,
+        spec.num_classes,
+        spec.image_size,
+        spec.image_size,
+    )
     return ServedModel(net=net, info=info)
 
 
@@ -97,7 +135,10 @@ def top_k(probabilities: np.ndarray, classes: tuple[str, ...], k: int) -> list[d
 def _locate(request: ModelRequest) -> _Located:
     if registry_client.is_model_uri(request.model):
         version = registry_client.resolve(request.model, request.experiments_folder, request.tracking_uri)
-        return _Located(model_path=Path(version.model_path), run_dir=version.run_dir, version=version)
+        model_path = Path(version.model_path)
+        # The run's record lies beside the weights: in the run folder, or downloaded from MLflow with them.
+        run_dir = version.run_dir or (model_path.parent if (model_path.parent / RUN_FILE).is_file() else None)
+        return _Located(model_path=model_path, run_dir=run_dir, version=version)
     path = Path(request.model)
     if path.is_dir():
         return _Located(model_path=path / MODEL_FILE, run_dir=path, version=None)
@@ -139,37 +180,41 @@ def _check_recorded_hash(located: _Located, run: dict | None, sha256: str) -> No
         )
 
 
-# --- class names -----------------------------------------------------------------------------------------
+# --- the model spec -------------------------------------------------------------------------------------
 
 
-def _classes(request: ModelRequest, located: _Located, run: dict | None, metrics: dict | None) -> tuple[str, ...]:
-    recorded = _recorded_classes(located, run, metrics)
-    given = _given_classes(request, located)
-    if recorded and given and recorded != given:
+def _spec(request: ModelRequest, located: _Located, run: dict | None, metrics: dict | None) -> ModelSpec:
+    recorded = _recorded_spec(located, run, metrics)
+    given = _given_spec(request, located)
+    if recorded and given and recorded.classes != given.classes:
         raise ModelSourceError(
-            f"the classes given ({', '.join(given)}) differ from those the run recorded ({', '.join(recorded)})"
+            f"the classes given ({', '.join(given.classes)}) differ from those the run recorded "
+            f"({', '.join(recorded.classes)})"
         )
-    classes = recorded or given
-    if not classes:
+    spec = recorded or given
+    if spec is None:
         raise ModelSourceError(
             f"no class names for {located.model_path}: pass --classes a,b,c or --metadata FILE, or put a "
             f'{METADATA_FILE} ({{"classes": [...]}}) beside it'
         )
-    return classes
+    return spec
 
 
-def _recorded_classes(located: _Located, run: dict | None, metrics: dict | None) -> tuple[str, ...] | None:
-    if run and run.get("classes") is not None:
-        return _checked_classes(run["classes"], located.run_dir / RUN_FILE)
-    if metrics and isinstance(metrics.get("class_accuracy"), dict):
-        # The trainer writes class_accuracy in label order (metadata.json order), and JSON keeps key order.
-        return _checked_classes(list(metrics["class_accuracy"]), located.run_dir / METRICS_FILE)
-    return None
+def _recorded_spec(located: _Located, run: dict | None, metrics: dict | None) -> ModelSpec | None:
+    """The run's spec: recorded in run.json, or, for a run of an earlier version, its Net at 32 x 32."""
+    if located.run_dir is None:
+        return None
+    run = run or {}
+    if run.get(SPEC_KEY) is None and older_run_classes(run, metrics) is None:
+        return None
+    source = located.run_dir / (RUN_FILE if run.get(SPEC_KEY) or run.get("classes") else METRICS_FILE)
+    return _checked(lambda: spec_of_run(run, metrics, source))
 
 
-def _given_classes(request: ModelRequest, located: _Located) -> tuple[str, ...] | None:
+def _given_spec(request: ModelRequest, located: _Located) -> ModelSpec | None:
+    """The spec named with --classes (the notebook's Net at 32 x 32), or by a metadata file."""
     if request.classes is not None:
-        return _checked_classes(list(request.classes), "--classes")
+        return _checked(lambda: ModelSpec(architecture=NET, classes=checked_classes(request.classes, "--classes")))
     metadata = request.metadata
     if metadata is None and (located.model_path.parent / METADATA_FILE).is_file():
         metadata = located.model_path.parent / METADATA_FILE
@@ -178,60 +223,63 @@ def _given_classes(request: ModelRequest, located: _Located) -> tuple[str, ...] 
     document = _read_json(metadata)
     if document is None:
         raise ModelSourceError(f"{metadata} not found")
-    return _checked_classes(document.get("classes"), metadata)
+    if document.get(SPEC_KEY) is not None:  # a run's run.json
+        return _checked(lambda: spec_of_run(document, None, metadata))
+    return _checked(lambda: _spec_of_metadata(document, metadata))
 
 
-def _checked_classes(classes: object, source: object) -> tuple[str, ...]:
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
-        raise ModelSourceError(f"{source}: the classes must be a list of at least two non-empty names")
-    if len(set(classes)) != len(classes):
-        raise ModelSourceError(f"{source}: class names must be unique")
-    return tuple(classes)
+def _spec_of_metadata(document: dict, source: Path) -> ModelSpec:
+    """A bare model.pth's spec: what its metadata file names, the rest as for the notebook's Net at 32 x 32
+    (and the architecture's default normalisation)."""
+    classes = checked_classes(document.get("classes"), source)
+    architecture = document.get("architecture", NET)
+    mean, std = default_normalization(architecture)
+    try:
+        return ModelSpec(
+            architecture=architecture,
+            classes=classes,
+            image_size=document.get("image_size", DEFAULT_IMAGE_SIZE),
+            mean=document.get("mean", mean),
+            std=document.get("std", std),
+        )
+    except ModelSpecError as exc:
+        raise ModelSpecError(f"{source}: {exc}") from None
+
+
+def _checked(make):
+    """`make()`, its ModelSpecError told as the serving error it is here."""
+    try:
+        return make()
+    except ModelSpecError as exc:
+        raise ModelSourceError(str(exc)) from None
 
 
 # --- the network -----------------------------------------------------------------------------------------
 
 
-def _build_net(payload: bytes, path: Path, classes: tuple[str, ...]) -> Net:
-    state_dict = _state_dict(payload, path)
-    outputs = state_dict.get("fc3.weight")
-    if outputs is not None and outputs.ndim == 2 and outputs.shape[0] != len(classes):
-        raise ModelSourceError(f"{path} has {outputs.shape[0]} outputs, but {len(classes)} classes are named")
-    net = Net(len(classes))
-    load_weights(net, state_dict, path)
+def _build_net(payload: bytes, path: Path, spec: ModelSpec) -> nn.Module:
+    state_dict = state_dict_from_bytes(payload, path, error=ModelSourceError)
+    net = _checked(lambda: build_model(spec))
+    head = classifier_head(net)
+    outputs = state_dict.get(f"{head}.weight")
+    if outputs is not None and outputs.ndim >= 2 and outputs.shape[0] != spec.num_classes:
+        raise ModelSourceError(f"{path} has {outputs.shape[0]} outputs, but {spec.num_classes} classes are named")
+    load_trained(net, spec, state_dict, path, error=ModelSourceError)
     net.eval()
-    _check_outputs(net, path)
+    _check_outputs(net, spec, path)
     return net
 
 
-def _state_dict(payload: bytes, path: Path) -> dict[str, torch.Tensor]:
-    try:
-        # weights_only: a .pth is a pickle, and only tensors and plain containers may come out of it.
-        state_dict = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load fails in many ways on a file that is not a checkpoint
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelSourceError(f"{path} is not a PyTorch state_dict file ({detail})") from None
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ModelSourceError(f"{path} does not hold a state_dict (a dict of tensors)")
-    return state_dict
-
-
-def _check_outputs(net: Net, path: Path) -> None:
+def _check_outputs(net: nn.Module, spec: ModelSpec, path: Path) -> None:
     """Weights that load but compute NaN or infinity (a diverged run) must not serve."""
     with torch.inference_mode():
-        logits = net(preprocess(torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)))
+        images = torch.full((2, 3, spec.image_size, spec.image_size), 128, dtype=torch.uint8)
+        logits = net(normalize(images, spec.mean, spec.std))
     if not torch.isfinite(logits).all():
         raise ModelSourceError(f"{path} computes non-finite outputs (NaN or infinity): refusing to serve it")
 
 
-def _info(
-    request: ModelRequest,
-    located: _Located,
-    sha256: str,
-    classes: tuple[str, ...],
-    run: dict | None,
-    metrics: dict | None,
-) -> ModelInfo:
+def _info(request: ModelRequest, located: _Located, sha256: str, spec: ModelSpec, metrics: dict | None) -> ModelInfo:
     version = located.version
     test_accuracy = (metrics or {}).get("test_accuracy")
     if version is not None and getattr(version, "test_accuracy", None) is not None:
@@ -240,7 +288,7 @@ def _info(
         source=request.model,
         model_path=str(located.model_path),
         sha256=sha256,
-        classes=classes,
+        spec=spec,
         registry_name=getattr(version, "name", None),
         registry_version=getattr(version, "version", None),
         aliases=tuple(getattr(version, "aliases", ())),

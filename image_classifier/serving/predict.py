@@ -116,7 +116,8 @@ def classify(settings: PredictSettings, out: TextIO) -> int:
     for path, problem in image_files(settings.images):
         if problem is None:
             try:
-                pending.append((str(path), decode_image(path.read_bytes(), settings.max_image_pixels)))
+                image = decode_image(path.read_bytes(), settings.max_image_pixels, model.image_size)
+                pending.append((str(path), image))
             except ImageError as exc:
                 problem = str(exc)
             except OSError as exc:

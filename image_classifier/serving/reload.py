@@ -63,6 +63,8 @@ async def reload_model(state: ServiceState, reason: str) -> None:
                 ", ".join(current.classes),
             )
             return
+        # Kept only when the input size changes: otherwise the new model answers every request.
+        state.previous_model = current if current.image_size != candidate.image_size else None
         state.model = candidate
         state.metrics.reloads.labels("swapped").inc()
         logger.info(

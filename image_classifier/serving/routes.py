@@ -64,6 +64,10 @@ def build_router(state: ServiceState) -> APIRouter:
                 source=info.source,
                 model_path=info.model_path,
                 sha256=info.sha256,
+                architecture=info.spec.architecture,
+                image_size=info.spec.image_size,
+                mean=list(info.spec.mean),
+                std=list(info.spec.std),
                 classes=list(info.classes),
                 registry_name=info.registry_name,
                 registry_version=info.registry_version,
@@ -129,7 +133,9 @@ async def _predict(state: ServiceState, request: Request, single: bool):
     batcher = _batcher(state)
     async with state.admission.admit() as ticket:
         with batcher.announce():
-            images = await read_images(request, state.limits, state.decoders, ticket, single)
+            # At the served model's size; a reload swapping in another size meanwhile is handled by infer().
+            image_size = _served(state).image_size
+            images = await read_images(request, state.limits, state.decoders, ticket, single, image_size)
         probabilities, model = await batcher.submit(images.inputs)
     return images.names, probabilities, model
 

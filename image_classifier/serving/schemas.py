@@ -40,6 +40,10 @@ class ModelMetadata(BaseModel):
     source: str
     model_path: str
     sha256: str
+    architecture: str = Field(description="net (the notebook's CNN) or a torchvision model's name")
+    image_size: int = Field(description="images are converted to image_size x image_size pixels")
+    mean: list[float] = Field(description="per-channel (R, G, B) normalisation mean, of pixels scaled to [0, 1]")
+    std: list[float] = Field(description="per-channel (R, G, B) normalisation standard deviation")
     classes: list[str]
     registry_name: str | None
     registry_version: int | None

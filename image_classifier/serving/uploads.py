@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from image_classifier.errors import ImageError
-from image_classifier.images import convert_image, declared_pixels, open_image
+from image_classifier.images import DEFAULT_IMAGE_SIZE, convert_image, declared_pixels, open_image
 from image_classifier.serving.admission import ClientGone, Ticket
 
 # Raw bodies are accepted with these types; the bytes decide the format (PNG, JPEG, ...), not the header.
@@ -90,9 +90,15 @@ class UploadLimit:
 
 
 async def read_images(
-    request: Request, limits: UploadLimits, decoders: Executor, ticket: Ticket, single: bool
+    request: Request,
+    limits: UploadLimits,
+    decoders: Executor,
+    ticket: Ticket,
+    single: bool,
+    image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> Images:
-    """The request's images as model inputs; ImageError (4xx) for anything a client got wrong."""
+    """The request's images as model inputs (image_size x image_size, the served model's); ImageError (4xx) for
+    anything a client got wrong."""
     content_type = request.headers.get("content-type", "")
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind != MULTIPART and not (single and kind in RAW_IMAGE_TYPES):
@@ -118,18 +124,22 @@ async def read_images(
     if single and len(files) > 1:
         raise ImageError(f"{len(files)} images sent to /predict, which takes one: use /predict/batch")
     budget = PixelBudget(limits.max_request_pixels)
-    inputs = np.empty((len(files), 3, 32, 32), np.uint8)
+    inputs = np.empty((len(files), 3, image_size, image_size), np.uint8)
     names = [name for name, _ in files]
     for index in range(len(files)):
         payload = files[index][1]
         files[index] = (names[index], b"")  # the bytes are the decoding job's now: released as it ends
         label = _label(names, index)
-        converted = decode(payload, limits.max_image_pixels, budget, label, INLINE_PIXELS) if small else None
+        converted = (
+            decode(payload, limits.max_image_pixels, budget, label, INLINE_PIXELS, image_size) if small else None
+        )
         if converted is None:
             if not watching:
                 ticket.watch_disconnect(request.receive)
                 watching = True
-            converted = await loop.run_in_executor(decoders, decode, payload, limits.max_image_pixels, budget, label)
+            converted = await loop.run_in_executor(
+                decoders, decode, payload, limits.max_image_pixels, budget, label, None, image_size
+            )
         inputs[index] = converted
         del payload, converted
     return Images(names, inputs)
@@ -165,7 +175,12 @@ class PixelBudget:
 
 
 def decode(
-    payload: bytes | bytearray, max_pixels: int, budget: PixelBudget, label: str | None, at_most: int | None = None
+    payload: bytes | bytearray,
+    max_pixels: int,
+    budget: PixelBudget,
+    label: str | None,
+    at_most: int | None = None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> np.ndarray | None:
     """Header, limits, pixels, conversion (in a decoding thread, but for a small body); the image is closed
     before this returns. None, with nothing taken from the budget, for an image declaring more than
@@ -180,7 +195,7 @@ def decode(
         except ImageError:
             image.close()
             raise
-        return convert_image(image)
+        return convert_image(image, image_size)
     except ImageError as exc:
         if label is None:
             raise

@@ -25,7 +25,7 @@ from image_classifier.tracking.uri import redacted
 logger = logging.getLogger(__name__)
 
 # Sections of run.json that describe the environment; they become tags "<section>.<key>".
-TAG_SECTIONS = (*ENVIRONMENT_KEYS, "determinism", "dataset", "pretrained_model")
+TAG_SECTIONS = (*ENVIRONMENT_KEYS, "determinism", "dataset", "model_spec", "pretrained_model")
 # Files that are not results: the checkpoint is large and is deleted when the run finishes.
 NOT_ARTIFACTS = ("checkpoint.pt",)
 MODEL_SHA256_TAG = "model_sha256"

@@ -3,8 +3,9 @@
 A version is an MLflow model version whose source is the `model.pth` artifact of the run's MLflow run; its
 tags carry the sha256, the source run (EXPERIMENT/RUN) and the test accuracy. A run trained without MLflow
 is logged to it when it is registered. Resolving a version uses the run folder's own model.pth when it is
-on this machine with the registered bytes, else downloads the artifact into
-`<experiments_folder>/.mlflow-models/NAME/VERSION/`; either way the sha256 is checked.
+on this machine with the registered bytes, else downloads the artifact, with the run's run.json and
+metrics.json (the model spec, the classes), into `<experiments_folder>/.mlflow-models/NAME/VERSION/`; either
+way the sha256 is checked.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from image_classifier.errors import RegistryError, UserError
-from image_classifier.run_dir import MODEL_FILE, sha256_of
+from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, sha256_of
 from image_classifier.tracking.mlflow_client import connect, error_code, short_reason
 from image_classifier.tracking.mlflow_logger import MODEL_SHA256_TAG, log_finished_run
 from image_classifier.tracking.records import RunRecord
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 SHA256_TAG, SOURCE_RUN_TAG, TEST_ACCURACY_TAG = "sha256", "source_run", "test_accuracy"
 DOWNLOAD_FOLDER = ".mlflow-models"  # hidden: listings of the experiments folder skip it
+RECORD_FILES = (RUN_FILE, METRICS_FILE)  # downloaded with a version's model.pth, into the same folder
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
@@ -266,7 +268,29 @@ class MlflowRegistry(Registry):
         target = self._download_path(version.name, version.version)
         if not (target.is_file() and sha256_of(target) == version.sha256):
             self._download(version, source, target)
+        # The run's record beside the weights: its model spec says how to build and feed the model, and its
+        # model_sha256 is checked against the weights by whoever reads them.
+        for name in RECORD_FILES:
+            if not (target.parent / name).is_file():
+                self._download_record(f"{source.rpartition('/')[0]}/{name}", target.parent / name)
         return replace(version, model_path=target)
+
+    def _download_record(self, source: str, target: Path) -> None:
+        """One of the source run's JSON files; a run logged without it (lost calls) is served without it."""
+        import mlflow.artifacts
+
+        try:
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as folder:
+                downloaded = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=source, dst_path=folder, tracking_uri=self.tracking_uri
+                    )
+                )
+                if downloaded.is_file() and not downloaded.is_symlink():
+                    shutil.move(downloaded, target)
+        except Exception as exc:
+            reason = short_reason(exc, self.tracking_uri)
+            logger.warning("the run's %s is not in MLflow (%s); the model is read without it", target.name, reason)
 
     def _download(self, version: ModelVersion, source: str, target: Path) -> None:
         import mlflow.artifacts

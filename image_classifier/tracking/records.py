@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from image_classifier.config import check_name
-from image_classifier.errors import RunRecordError, UserError
+from image_classifier.errors import ModelSpecError, RunRecordError, UserError
+from image_classifier.model.spec import SPEC_KEY, ModelSpec, spec_of_run
 from image_classifier.run_dir import INCOMPLETE_SUFFIX, METRICS_FILE, RUN_FILE, STAGING_MARKER, is_locked
 
 COMPLETED, INTERRUPTED, FAILED, RUNNING, UNREADABLE = "completed", "interrupted", "failed", "running", "unreadable"
@@ -56,6 +57,19 @@ class RunRecord:
     def model_sha256(self) -> str | None:
         value = self.manifest.get("model_sha256")
         return value if isinstance(value, str) else None
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        """The run's model spec (an earlier version's run: the notebook's Net at 32 x 32); None if unreadable."""
+        try:
+            return spec_of_run(self.manifest, self.metrics)
+        except ModelSpecError:
+            return None
+
+    @property
+    def spec_recorded(self) -> bool:
+        """Whether run.json records the spec itself (runs of earlier versions did not)."""
+        return self.manifest.get(SPEC_KEY) is not None
 
     @property
     def started_at(self) -> str | None:

@@ -43,6 +43,8 @@ LIST_COLUMNS = (
     "status",
     "started",
     "epochs",
+    "architecture",
+    "image_size",
     "batch_size",
     "learning_rate",
     "momentum",
@@ -187,12 +189,15 @@ def version_labels(versions: Sequence[ModelVersion]) -> dict[str, list[str]]:
 
 def run_row(record: RunRecord, versions: dict[str, list[str]]) -> dict:
     arguments = record.arguments
+    spec = record.spec
     return {
         "experiment": record.experiment,
         "run": record.run,
         "status": record.status,
         "started": record.started_at,
         "epochs": len(record.history) if record.metrics else None,
+        "architecture": spec.architecture if spec else None,
+        "image_size": spec.image_size if spec else None,
         "batch_size": arguments.get("batch_size"),
         "learning_rate": arguments.get("learning_rate"),
         "momentum": arguments.get("momentum"),
@@ -300,6 +305,7 @@ def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> 
     if isinstance(manifest.get("mlflow"), dict):
         header.extend(("mlflow." + key, value) for key, value in mlflow_record_shown(manifest["mlflow"]).items())
     lines = _section(f"run {record.name}", header)
+    lines += ["", *_section("model", model_rows(record))]
     lines += ["", *_section("arguments", list(record.arguments.items()))]
     environment = {key: manifest[key] for key in SHOWN_ENVIRONMENT if manifest.get(key)}
     dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
@@ -310,6 +316,23 @@ def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> 
         lines += ["", *_section("test accuracy per class", list(record.class_accuracy.items()))]
     lines += ["", *_section("files (bytes)", list(files.items()))]
     return "\n".join(lines)
+
+
+def model_rows(record: RunRecord) -> list[tuple[str, object]]:
+    """The run's model spec as (name, value) rows, and a note when an earlier version's run implies it."""
+    spec = record.spec
+    if spec is None:
+        return [("spec", "unreadable: run.json names neither a valid model spec nor the classes")]
+    rows = [
+        ("architecture", spec.architecture),
+        ("image_size", f"{spec.image_size} x {spec.image_size}"),
+        ("mean", list(spec.mean)),
+        ("std", list(spec.std)),
+        ("classes", f"{spec.num_classes}: {', '.join(spec.classes)}"),
+    ]
+    if not record.spec_recorded:
+        rows.append(("note", "run.json of an earlier version, without a spec: the notebook's Net at 32 x 32"))
+    return rows
 
 
 def _indent(text: str) -> str:
@@ -326,6 +349,7 @@ def show_command(config: ShowConfig) -> int:
             "status": record.status,
             "reason": record.reason,
             "folder": str(record.folder),
+            "model_spec": record.spec.to_dict() if record.spec else None,
             "run_json": (
                 {**record.manifest, "mlflow": mlflow_record_shown(record.manifest["mlflow"])}
                 if isinstance(record.manifest.get("mlflow"), Mapping)
@@ -345,9 +369,27 @@ def show_command(config: ShowConfig) -> int:
 
 
 def differing_arguments(records: Sequence[RunRecord]) -> list[tuple[str, list]]:
-    keys = sorted({key for record in records for key in record.arguments} - set(NAME_ARGUMENTS))
+    # The architecture is compared in the model's section, where an earlier version's run counts as net.
+    keys = sorted({key for record in records for key in record.arguments} - {*NAME_ARGUMENTS, "architecture"})
     rows = [(key, [record.arguments.get(key) for record in records]) for key in keys]
     return [(key, values) for key, values in rows if any(value != values[0] for value in values)]
+
+
+def differing_model(records: Sequence[RunRecord]) -> list[tuple[str, list]]:
+    """The parts of the runs' model specs that differ (an earlier version's run counts as Net at 32 x 32)."""
+    specs = [record.spec.to_dict() if record.spec else {} for record in records]
+    keys = ("architecture", "image_size", "mean", "std", "classes")
+    rows = [(key, [spec.get(key) for spec in specs]) for key in keys]
+    differing = [(key, values) for key, values in rows if any(value != values[0] for value in values)]
+    return [(key, [_short_classes(v) for v in values] if key == "classes" else values) for key, values in differing]
+
+
+def _short_classes(classes: list | None) -> str | None:
+    """A class list that fits a table cell: its count, and its first names (ImageNet has 1000)."""
+    if classes is None:
+        return None
+    shown = ", ".join(classes)
+    return f"{len(classes)}: {shown if len(shown) <= 60 else shown[:57] + '...'}"
 
 
 def final_metrics(record: RunRecord) -> dict[str, float | None]:
@@ -390,6 +432,7 @@ def compare_text(records: Sequence[RunRecord]) -> str:
     classes = list(dict.fromkeys(name for record in records for name in record.class_accuracy))
     parts = [
         *notes,
+        _side_by_side("model that differs", differing_model(records), names, differences=False),
         _side_by_side("arguments that differ", differing_arguments(records), names, differences=False),
         _side_by_side(
             "final metrics (in brackets: difference to the first run)",

@@ -241,3 +241,25 @@ def test_the_docs_page_and_its_files_come_from_the_service_not_a_cdn(trained_run
         schema = client.get("/openapi.json").json()
         assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
         assert client.get("/metadata").status_code == 401
+
+
+class _FakeModel:
+    """A served model of one input size, answering its size for every image."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+
+    def probabilities(self, images):
+        assert images.shape[-1] == self.image_size, "images of another size reached the model"
+        return np.full((len(images), 1), self.image_size)
+
+
+def test_a_batch_decoded_for_the_model_a_reload_replaced_is_answered_by_that_model():
+    from image_classifier.serving.app import ServiceState
+
+    state = ServiceState(ServeSettings(model=ModelRequest("m")), model=_FakeModel(64))
+    state.previous_model = _FakeModel(32)
+    answer, model = state.infer(np.zeros((2, 3, 32, 32), dtype=np.uint8))
+    assert model is state.previous_model and answer.tolist() == [[32], [32]]
+    answer, model = state.infer(np.zeros((1, 3, 64, 64), dtype=np.uint8))
+    assert model is state.model and answer.tolist() == [[64]]

@@ -133,3 +133,22 @@ def test_stop_answers_what_is_queued_then_refuses_new_work():
 
     results = run(scenario())
     assert [int(r[0][0, 0]) for r in results] == [v * 3 * 32 * 32 for v in range(5)]
+
+
+def test_images_of_another_size_go_in_a_batch_of_their_own():
+    """After a reload to a model of another input size, requests decoded for either model are queued at once:
+    a batch never mixes sizes, and every request is answered."""
+
+    async def scenario():
+        model = SumModel()
+        batcher = MicroBatcher(model, max_batch_size=64, max_wait_ms=0)
+        batcher.start()
+        sizes = [32, 32, 64, 64, 32]
+        requests = [np.full((1, 3, size, size), 1, dtype=np.uint8) for size in sizes]
+        results = await asyncio.gather(*(batcher.submit(request) for request in requests))
+        await batcher.stop()
+        return model, sizes, results
+
+    model, sizes, results = run(scenario())
+    assert [int(result[0][0, 0]) for result in results] == [3 * size * size for size in sizes]
+    assert model.batches == [2, 2, 1]

@@ -116,12 +116,18 @@ def test_model_problems_are_one_error_line(trained_run, test_pngs, tmp_path, cap
     assert message in err and "Traceback" not in err
 
 
-def test_classes_named_in_run_json_win_over_metrics_order(trained_run, offline, test_pngs, tmp_path, capsys):
-    """The registry engineer's run.json "classes": used when present (here reversed, to see it is used)."""
+@pytest.mark.parametrize("older", [False, True])
+def test_classes_named_in_run_json_win_over_metrics_order(trained_run, offline, test_pngs, tmp_path, capsys, older):
+    """The model spec's classes, or for a run without a spec (an earlier version's) run.json's "classes": used
+    when present (here reversed, to see it is used)."""
     folder = tmp_path / "run"
     shutil.copytree(trained_run, folder)
     run = json.loads((folder / "run.json").read_text())
-    run["classes"] = list(reversed(offline.classes))
+    if older:
+        del run["model_spec"]
+        run["classes"] = list(reversed(offline.classes))
+    else:
+        run["model_spec"]["classes"] = list(reversed(offline.classes))
     (folder / "run.json").write_text(json.dumps(run))
     assert main(["--model", str(folder), "--format", "json", "--top_k", "1", str(test_pngs[0])]) == 0
     top = json.loads(capsys.readouterr().out)["results"][0]["predictions"][0]

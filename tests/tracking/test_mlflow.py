@@ -11,7 +11,10 @@ from mlflow import MlflowClient
 
 from image_classifier.distributed import COLLECTIVE_TIMEOUT
 from image_classifier.errors import RegistryError
+from image_classifier.model.spec import spec_of_run
 from image_classifier.run_dir import sha256_of
+from image_classifier.serving.model_request import ModelRequest
+from image_classifier.serving.model_source import load_model
 from image_classifier.tracking.mlflow_client import CALL_SECONDS, ENVIRONMENT_DEFAULTS
 from image_classifier.tracking.registry import open_registry
 from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, command, run_command, run_trainer, trainer_args
@@ -256,6 +259,14 @@ def test_register_alias_models_and_training_from_mlflows_registry(dataset, mlflo
     version = open_registry(elsewhere, mlflow_server.uri).resolve("models:/cifar-net/1")
     assert version.run_dir is None and version.model_path.is_relative_to(elsewhere)
     assert sha256_of(version.model_path) == sha256_of(experiments / "e" / "seed0" / "model.pth")
+    # With the run's record, which the predict command and the service build the model from.
+    seed0 = json.loads((experiments / "e" / "seed0" / "run.json").read_text())
+    # (The MLflow run holding these bytes may be another run's with the same weights: the same seed, earlier.)
+    downloaded = json.loads((version.model_path.parent / "run.json").read_text())
+    assert downloaded["model_sha256"] == seed0["model_sha256"] and spec_of_run(downloaded) == spec_of_run(seed0)
+    request = ModelRequest("models:/cifar-net/1", experiments_folder=elsewhere, tracking_uri=mlflow_server.uri)
+    served = load_model(request)
+    assert served.spec == spec_of_run(seed0) and served.info.sha256 == seed0["model_sha256"]
 
 
 def test_without_a_tracking_uri_mlflow_is_never_imported(trained_experiments):

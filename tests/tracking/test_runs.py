@@ -235,7 +235,8 @@ def test_compare_shows_differences_side_by_side_and_plots_curves(trained_experim
         capsys, "compare", "e/seed0", "e/seed1", "--experiments_folder", folder, "--plot", str(tmp_path / "a.png")
     )
     assert code == 0
-    arguments, finals, classes = out.split("\n\n")[:3]
+    model, arguments, finals, classes = out.split("\n\n")[:4]
+    assert model == "model that differs\n  (none)"
     assert arguments.splitlines()[2].split() == ["seed", "0", "1"]  # the one argument that differs
     accuracy = [_metrics(trained_experiments, run)["test_accuracy"] for run in ("seed0", "seed1")]
     accuracy_line = next(line for line in finals.splitlines() if line.strip().startswith("test_accuracy"))

@@ -52,7 +52,7 @@ def test_the_figures_exist_are_readable_sizes_and_differ_when_results_differ(tra
         assert first.read_bytes() != second.read_bytes(), name
 
 
-def test_older_runs_read_everywhere(trained_experiments, capsys):
+def test_older_runs_read_everywhere(trained_experiments, capsys, tmp_path):
     """The example run as version 1.0.0 made it, before test_loss, confusion matrices and curves existed."""
     from image_classifier.tracking.runs import main
 
@@ -60,8 +60,19 @@ def test_older_runs_read_everywhere(trained_experiments, capsys):
     assert main(["list", "--experiments_folder", str(example), "--format", "json"]) == 0
     (row,) = [r for r in json.loads(capsys.readouterr().out) if r["run"] == "run_1"]
     assert (row["status"], row["test_accuracy"], row["epochs"]) == ("completed", 94.0, 2)
+    assert (row["architecture"], row["image_size"]) == ("net", 32)  # no spec recorded: the notebook's Net
     assert main(["show", "local_exp_test/run_1", "--experiments_folder", str(example)]) == 0
-    assert "metrics per epoch" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "metrics per epoch" in shown and "without a spec: the notebook's Net at 32 x 32" in shown
+    assert "architecture  net" in shown and "image_size    32 x 32" in shown and "mean          0.5, 0.5, 0.5" in shown
+
+    # Compared with a run of this version, on the same classes: the same model, only the arguments differ.
+    both = tmp_path / "with_older"
+    shutil.copytree(example / "local_exp_test", both / "local_exp_test")
+    shutil.copytree(trained_experiments / "e" / "seed0", both / "local_exp_test" / "seed0")
+    assert main(["compare", "local_exp_test/run_1", "local_exp_test/seed0", "--experiments_folder", str(both)]) == 0
+    compared = capsys.readouterr().out
+    assert "model that differs\n  (none)" in compared and "arguments that differ" in compared
 
 
 def test_training_from_a_registered_version_records_the_uri_and_the_version(dataset, experiments):
