@@ -56,6 +56,13 @@ BEFORE_THE_OPTION: dict[str, Callable[[dict], object]] = {
     "force": lambda arguments: False,
     "pretrained_model_uri": lambda arguments: None,  # the file was given as a path
     "pretrained_model_version": lambda arguments: None,
+    # Before image folders and torchvision's architectures: CIFAR-10 batches (32 x 32) and the notebook's Net.
+    "architecture": lambda arguments: "net",
+    "image_size": lambda arguments: 32,
+    "test_fraction": lambda arguments: 0.2,  # image folders only: never used by a CIFAR-10 run
+    "skip_bad_images": lambda arguments: False,
+    "cache_folder": lambda arguments: None,
+    "augment": lambda arguments: False,
 }
 
 

@@ -43,8 +43,8 @@ def test_every_option_added_since_version_1_0_0_says_what_runs_did_before_it():
 
 
 def test_a_run_of_a_newer_version_or_a_damaged_record_is_refused_in_one_sentence():
-    with pytest.raises(UserError, match=r"version 1\.0\.0 with options this version .* does not have: architecture"):
-        recorded_config(_older_manifest(architecture="resnet18"))
+    with pytest.raises(UserError, match=r"version 1\.0\.0 with options this version .* does not have: label_smoothing"):
+        recorded_config(_older_manifest(label_smoothing=0.1))
     manifest = _older_manifest()
     del manifest["arguments"]["learning_rate"]
     with pytest.raises(UserError, match="run.json records no learning_rate"):
