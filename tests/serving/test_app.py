@@ -167,7 +167,7 @@ def test_a_failing_forward_pass_is_a_json_500_and_the_service_lives_on(trained_r
         working = state.model
 
         class Broken:
-            info, classes = working.info, working.classes
+            info, classes, image_size = working.info, working.classes, working.image_size
 
             def probabilities(self, images):
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -212,7 +212,7 @@ def test_when_the_inference_worker_dies_ready_says_so_and_exit_is_requested(trai
         working = state.model
 
         class Killing:
-            info, classes = working.info, working.classes
+            info, classes, image_size = working.info, working.classes, working.image_size
 
             def probabilities(self, images):
                 raise WorkerKilled()
