@@ -125,6 +125,8 @@ def variant_run(source: Path, target: Path, classes: list[str] | None = None, ch
     record["model_sha256"] = hashlib.sha256((target / "model.pth").read_bytes()).hexdigest()
     if classes is not None:
         record["classes"] = classes
+        if record.get("model_spec") is not None:  # the spec's classes are the ones readers use
+            record["model_spec"]["classes"] = classes
     (target / "run.json").write_text(json.dumps(record, indent=2))
     return target
 

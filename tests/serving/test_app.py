@@ -212,7 +212,7 @@ def test_when_the_inference_worker_dies_ready_says_so_and_exit_is_requested(trai
         working = state.model
 
         class Killing:
-            info, classes = working.info, working.classes
+            info, classes, image_size = working.info, working.classes, working.image_size
 
             def probabilities(self, images):
                 raise WorkerKilled()
