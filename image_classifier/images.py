@@ -103,7 +103,7 @@ def conversion_settings(image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
 def _to_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Decode and convert per the module's rule; an RGB image of `size` without transparency is untouched."""
     image.load()  # decodes the first frame; raises on a truncated file
-    image = ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an image that needs no turn
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _sixteen_bit_to_grey(image)
     if image.mode == "RGB" and "transparency" not in image.info:
