@@ -1,6 +1,7 @@
 """What run.json records about the code and the environment."""
 
 import subprocess
+import sys
 
 import image_classifier
 from image_classifier import reproducibility
@@ -52,3 +53,36 @@ def test_lock_record_written_by_the_installers_is_read_back(tmp_path, monkeypatc
     assert reproducibility._lock_file_record() is None
     (tmp_path / reproducibility.LOCK_RECORD_FILE).write_text("ab12  requirements-cq.txt\ncd34  requirements-dev.txt\n")
     assert reproducibility._lock_file_record() == {"requirements-cq.txt": "ab12", "requirements-dev.txt": "cd34"}
+
+
+def test_torchvision_version_is_torchvisions_own_without_importing_it():
+    """run.json records what torchvision.__version__ says (with its local label), read from version.py."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from image_classifier.reproducibility import torchvision_version\n"
+            "version = torchvision_version()\n"
+            "print('torchvision' in sys.modules)\n"
+            "import torchvision\n"
+            "print(version == torchvision.__version__, version)\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.stdout.split()[:2] == ["False", "True"], result.stdout + result.stderr
+
+
+def test_deterministic_algorithms_are_set_without_loading_inductor():
+    code = (
+        "import sys, torch\n"
+        "from image_classifier.reproducibility import set_deterministic_algorithms\n"
+        "set_deterministic_algorithms(True)\n"
+        "on = torch.are_deterministic_algorithms_enabled()\n"
+        "set_deterministic_algorithms(False)\n"
+        "print(on, torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.stdout.split() == ["True", "False", "False"], result.stdout + result.stderr
