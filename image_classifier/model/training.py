@@ -88,7 +88,8 @@ def train_one_epoch(
                 "[%d, %5d] loss: %.3f", progress.epoch, progress.step, progress.window_loss_sum / LOG_EVERY_STEPS
             )
             progress.window_loss_sum = 0.0
-        bar.set_postfix(loss=f"{progress.mean_loss:.3f}", refresh=False)
+        if not bar.disable:  # formatting the postfix costs as much as a small kernel: only for a bar shown
+            bar.set_postfix(loss=f"{progress.mean_loss:.3f}", refresh=False)
         if after_step is not None:
             after_step(progress)
     bar.close()
