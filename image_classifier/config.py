@@ -73,6 +73,13 @@ class TrainConfig:
         }
 
 
+NAME_RULE = "letters, digits, '.', '_' and '-' (not '.' or '..')"
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(_NAME_PATTERN.fullmatch(name)) and name not in (".", "..")
+
+
 def check_name(label: str, name: str) -> None:
-    if not _NAME_PATTERN.fullmatch(name) or name in (".", ".."):
-        raise UserError(f"invalid {label} {name!r}: use letters, digits, '.', '_' and '-' (not '.' or '..')")
+    if not is_valid_name(name):
+        raise UserError(f"invalid {label} {name!r}: use {NAME_RULE}")

@@ -27,6 +27,7 @@ from image_classifier.cli import (
     add_verbose_option,
     checked,
     configure_logging,
+    described,
     exit_code_of,
     non_negative_int,
     password_from,
@@ -34,20 +35,28 @@ from image_classifier.cli import (
     positive_int,
     seed_int,
 )
-from image_classifier.config import TrainConfig
+from image_classifier.config import NAME_RULE, TrainConfig, is_valid_name
 from image_classifier.errors import UserError
+from image_classifier.run_dir import INCOMPLETE_SUFFIX
 from image_classifier.tracking.registry import is_model_uri
 from image_classifier.tracking.uri import TRACKING_URI_ENV, tracking_uri_from
 
 logger = logging.getLogger(__name__)
 
-momentum_float = checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
+momentum_float = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+experiment_name_text = checked(str, is_valid_name, NAME_RULE)
+run_name_text = checked(
+    str,
+    lambda v: is_valid_name(v) and not v.endswith(INCOMPLETE_SUFFIX),
+    f"{NAME_RULE}, not ending in {INCOMPLETE_SUFFIX}",
+)
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
+@described("auto, cpu, cuda or cuda:<index>")
 def device_name(text: str) -> str:
     if not _DEVICE_PATTERN.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:<index>")
+        raise argparse.ArgumentTypeError("not a device: use auto, cpu, cuda or cuda:<index>")
     return text
 
 
@@ -59,10 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = parser.add_argument_group("run")
     run.add_argument(
-        "--experiment_name", required=True, help="experiment folder name (letters, digits, . _ -); required"
+        "--experiment_name",
+        type=experiment_name_text,
+        required=True,
+        help="experiment folder name (letters, digits, . _ -); required",
     )
     run.add_argument(
         "--run_name",
+        type=run_name_text,
         required=True,
         help="run folder name inside the experiment (letters, digits, . _ -); required",
     )
@@ -188,9 +201,10 @@ def check_device_exists(parser: argparse.ArgumentParser, device: str) -> None:
 
     index = int(device.partition(":")[2] or 0)
     if not torch.cuda.is_available():
-        parser.error(f"--device {device}: PyTorch sees no CUDA device here")
+        parser.error("--device: PyTorch sees no CUDA device here")
     if index >= torch.cuda.device_count():
-        parser.error(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s) (0 to n-1)")
+        count = torch.cuda.device_count()
+        parser.error(f"--device: there are only {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}")
 
 
 def is_main_process() -> bool:

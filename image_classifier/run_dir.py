@@ -6,14 +6,20 @@ directory (with its checkpoint) is what `--resume` continues from.
 
 The unfinished directory only ever appears complete with its first checkpoint and run.json: both are written
 into a staging directory (`<run>.incomplete~staging-<pid>`) that is then renamed into place. Whoever runs or
-resumes the run holds an advisory lock on that directory until the process ends, so a second process (a
-scheduler restarting a job that still runs) is refused instead of writing beside it.
+resumes the run holds an advisory lock (`flock`) on that directory until the run finishes or fails (or the
+process ends, SIGKILL included), so a second process (a scheduler restarting a job that still runs) is
+refused instead of writing beside it. Readers (`image_classifier_runs list`) find out whether a run is held
+without ever taking its lock: a writer never fails because somebody was listing.
+
+`flock` is per machine on network file systems (NFS with `local_lock`, CIFS/SMB, most FUSE file systems):
+there a run directory gets a warning that a second process on another host is not excluded.
 
 Nothing here imports torch at module level: reading runs (the `runs` command) needs no torch.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -21,7 +27,9 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,7 +71,7 @@ def finite_json(value, where: str = "") -> tuple[object, list[str]]:
     if isinstance(value, dict):
         pairs = [(key, finite_json(item, f"{where}.{key}" if where else str(key))) for key, item in value.items()]
         return {key: item for key, (item, _) in pairs}, [place for _, (_, places) in pairs for place in places]
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         items = [finite_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
         return [item for item, _ in items], [place for _, places in items for place in places]
     return value, []
@@ -77,32 +85,155 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _lock(directory: Path) -> int | None:
-    """An exclusive advisory lock on `directory`, held until the returned descriptor is closed or the
-    process ends (SIGKILL included); None if another process holds it."""
+# A writer that finds the lock taken retries this long before it concludes that another process holds it:
+# where readers cannot see locks without taking one (no /proc/locks), their probe holds it for microseconds.
+LOCK_RETRY_SECONDS = 1.0
+# flock errors that mean "this file system cannot lock" (NFS without a lock manager, or one that turns flock
+# into POSIX locks and so refuses an exclusive lock on a read-only descriptor), not "somebody holds it".
+_CANNOT_LOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL, errno.ENOSYS)
+# File systems whose locks may not reach other hosts. Cluster file systems with a distributed lock manager
+# (gfs2, ocfs2) lock across hosts and are not listed.
+NETWORK_FILE_SYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "afs", "gpfs", "beegfs", "fuse"}
+)
+# FUSE file systems that live on this machine (their locks are this kernel's): not warned about.
+LOCAL_FUSE_FILE_SYSTEMS = frozenset({"fuseblk", "fuse.fuse-overlayfs", "fuse.lxcfs", "fuse.squashfuse"})
+MOUNT_INFO = Path("/proc/self/mountinfo")
+PROC_LOCKS = Path("/proc/locks")
+
+
+@dataclass
+class DirectoryLock:
+    """An exclusive `flock` on a directory, held until `release()` or the end of the process. `fd` is None
+    where the file system cannot lock at all (a warning said so): then nothing is held."""
+
+    directory: Path
+    fd: int | None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_directory(directory: Path) -> DirectoryLock | None:
+    """The exclusive lock on `directory`, or None if another process holds it."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return DirectoryLock(directory, fd)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in _CANNOT_LOCK:
+                raise
+            logger.warning(
+                "cannot lock %s (%s: its file system does not support flock); nothing stops another process "
+                "from working in it at the same time",
+                directory,
+                exc.strerror,
+            )
+            return DirectoryLock(directory, None)
+
+
+def _listed_locks(directory: Path) -> bool | None:
+    """Whether the kernel lists a lock on `directory` in /proc/locks (None where there is no such file):
+    the way to ask without taking the lock, which could make a writer starting at that instant fail."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        table = PROC_LOCKS.read_text(encoding="ascii", errors="replace")
+    except OSError:
         return None
-    return fd
+    status = os.stat(directory)
+    # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2147876 0 EOF": device as hex major:minor, then the inode.
+    key = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    # A line with "->" is a process waiting for a lock, not holding one.
+    return any(key in line.split() and "->" not in line for line in table.splitlines())
 
 
 def is_locked(directory: Path) -> bool:
-    """Whether a live process runs in `directory` right now."""
-    fd = _lock(directory)
-    if fd is None:
+    """Whether a live process holds `directory`'s lock (runs in it) right now; never takes that lock where
+    the kernel can be asked (Linux), else probes with a shared lock for an instant."""
+    listed = _listed_locks(directory)
+    if listed is not None:
+        return listed
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    os.close(fd)
+    except OSError:
+        return False  # no locks on this file system: nobody can hold one
+    finally:
+        os.close(fd)
     return False
 
 
+def file_system_type(path: Path, mount_info: Path | None = None) -> str | None:
+    """The type of the file system `path` lives on ("ext4", "nfs4", "fuse.sshfs"), from the kernel's mount
+    table (`mount_info`, default /proc/self/mountinfo), matched by device number; None where that table
+    cannot be read."""
+    try:
+        device = os.stat(path).st_dev
+        lines = (mount_info or MOUNT_INFO).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    for line in lines:
+        # "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue": the device is
+        # the third field, the type follows the "-" that ends the optional fields.
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == wanted and "-" in fields[3:]:
+            after = fields.index("-", 3) + 1
+            if after < len(fields):
+                return fields[after]
+    return None
+
+
+def is_network_file_system(kind: str | None) -> bool:
+    if kind is None or kind in LOCAL_FUSE_FILE_SYSTEMS:
+        return False
+    return kind in NETWORK_FILE_SYSTEMS or kind.split(".")[0] in NETWORK_FILE_SYSTEMS
+
+
+def warn_if_lock_is_local(path: Path, what: str) -> None:
+    """Warn when `path` is on a network file system, where a `flock` may exclude this host's processes only."""
+    kind = file_system_type(path)
+    if is_network_file_system(kind):
+        logger.warning(
+            "%s is on a network file system (%s): its lock may not be seen by other hosts, so never run %s "
+            "from two machines at once",
+            path,
+            kind,
+            what,
+        )
+
+
 class RunDirectory:
+    """One run's folder. Use it as a context manager: the lock taken by `create` or `open_for_resume` is
+    released when the block ends, however it ends, so the same process can try again (`--resume`)."""
+
     def __init__(self, run_dir: Path) -> None:
         self.final_dir = run_dir
         self.work_dir = run_dir.with_name(run_dir.name + INCOMPLETE_SUFFIX)
-        self._lock_fd: int | None = None
+        self._lock: DirectoryLock | None = None
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the run's lock (a no-op when none is held)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # --- before any work ---
 
@@ -124,10 +255,16 @@ class RunDirectory:
             )
         if not self.work_dir.is_dir():
             raise RunDirectoryError(f"nothing to resume: no unfinished run in {self.work_dir}")
-        self._lock_fd = _lock(self.work_dir)
-        if self._lock_fd is None:
+        self.release()  # a second call on this object must not hold two descriptors
+        warn_if_lock_is_local(self.work_dir, "or resume this run")
+        self._lock = lock_directory(self.work_dir)
+        if self._lock is None:
             raise RunDirectoryError(f"another process is running {self.work_dir} right now; it cannot be resumed")
-        return self.load_checkpoint()
+        try:
+            return self.load_checkpoint()
+        except BaseException:
+            self.release()
+            raise
 
     def create(self, checkpoint: dict, manifest: dict) -> None:
         """Make the unfinished run directory, locked, with its first checkpoint and run.json already inside."""
@@ -139,25 +276,37 @@ class RunDirectory:
             staging.mkdir()
         except OSError as exc:
             raise RunDirectoryError(f"cannot create {self.work_dir}: {exc.strerror}") from None
-        self._lock_fd = _lock(staging)
-        self._save_checkpoint_in(staging, checkpoint)
-        self._write_json_in(staging, RUN_FILE, manifest)
-        _fsync_path(staging)
+        warn_if_lock_is_local(parent, "this run")
+        self.release()
+        self._lock = lock_directory(staging)
         try:
-            # rename() refuses a non-empty target: of two processes starting the same run, one wins.
-            os.rename(staging, self.work_dir)
-        except OSError:
+            if self._lock is None:  # a second start of this run took it for an abandoned one
+                raise RunDirectoryError(f"another process started {self.work_dir} at the same time")
+            try:
+                self._save_checkpoint_in(staging, checkpoint)
+                self._write_json_in(staging, RUN_FILE, manifest)
+                _fsync_path(staging)
+            except OSError as exc:  # a full disk; or a second start of this run removed our staging folder
+                raise RunDirectoryError(f"cannot create {self.work_dir}: {exc.strerror or exc}") from None
+            try:
+                # rename() refuses a non-empty target: of two processes starting the same run, one wins.
+                os.rename(staging, self.work_dir)
+            except OSError:
+                raise RunDirectoryError(f"another process started {self.work_dir} at the same time") from None
+        except BaseException:
+            # A failed start (disk full, a lost race) leaves nothing behind and holds nothing.
+            self.release()
             shutil.rmtree(staging, ignore_errors=True)
-            raise RunDirectoryError(f"another process started {self.work_dir} at the same time") from None
+            raise
         _fsync_path(parent)
 
     def _remove_abandoned_staging(self) -> None:
         # What a process killed while creating this run left behind; a live one still holds its lock.
         for staging in self.work_dir.parent.glob(f"{self.final_dir.name}{STAGING_MARKER}*"):
-            fd = _lock(staging)
-            if fd is not None:
+            lock = lock_directory(staging)
+            if lock is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-                os.close(fd)
+                lock.release()
 
     # --- outputs ---
 
@@ -194,7 +343,7 @@ class RunDirectory:
     # --- the end ---
 
     def finish(self) -> Path:
-        """Publish the run under its final name in one rename, then drop the checkpoint.
+        """Publish the run under its final name in one rename, drop the checkpoint, release the lock.
 
         In this order a kill in between leaves a complete run with a spare checkpoint, never an unfinished
         directory without one (which could neither be resumed nor restarted).
@@ -203,6 +352,7 @@ class RunDirectory:
         os.replace(self.work_dir, self.final_dir)
         _fsync_path(self.final_dir.parent)
         (self.final_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        self.release()
         return self.final_dir
 
     # --- writing one file ---

@@ -449,7 +449,14 @@ def _lost_a_peer(exc: RuntimeError) -> bool:
 
 
 def _train(config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_uri: str | None) -> Path:
-    run_dir = RunDirectory(config.run_dir)
+    # The run's lock lasts as long as the run: released when it finishes or fails, so this process may retry.
+    with RunDirectory(config.run_dir) as run_dir:
+        return _train_in(run_dir, config, db_password, runtime, tracking_uri)
+
+
+def _train_in(
+    run_dir: RunDirectory, config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_uri: str | None
+) -> Path:
     main_process = runtime.is_main_process()
     checkpoint = _open_checkpoint(config, run_dir, runtime)
     # CPU kernels split their sums by thread: a resumed run finishes with the count it started with.

@@ -1,4 +1,7 @@
+import errno
+import fcntl
 import json
+import logging
 import math
 import os
 import subprocess
@@ -8,8 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from image_classifier import run_dir as run_dir_module
+from image_classifier import trainer
 from image_classifier.errors import RunDirectoryError
-from image_classifier.run_dir import CHECKPOINT_FILE, STAGING_MARKER, RunDirectory, finite_json, is_locked, sha256_of
+from image_classifier.main import main
+from image_classifier.run_dir import (
+    CHECKPOINT_FILE,
+    STAGING_MARKER,
+    RunDirectory,
+    file_system_type,
+    finite_json,
+    is_locked,
+    is_network_file_system,
+    sha256_of,
+)
+from tests.conftest import PASSWORD, trainer_args
 
 
 def test_work_happens_in_a_sibling_published_by_one_rename(tmp_path):
@@ -120,3 +136,131 @@ def test_every_output_reaches_the_disk_before_the_run_is_published(tmp_path, mon
     run_dir.finish()
     # model.pth itself (a power cut after the rename must not leave it empty), the folder, then its parent.
     assert synced == ["model.pth", ".metrics.json.tmp", "r.incomplete", "e"]
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_lock_lasts_as_long_as_the_run_and_no_descriptor_leaks(tmp_path):
+    before = _open_descriptors()
+    for index in range(5):
+        with RunDirectory(tmp_path / "e" / f"r{index}") as run_dir:
+            run_dir.check_can_start()
+            run_dir.create({"step": 0}, {})
+            assert is_locked(run_dir.work_dir)
+            run_dir.finish()
+        assert not is_locked(run_dir.final_dir)
+    with pytest.raises(RuntimeError, match="the run failed"):
+        with RunDirectory(tmp_path / "e" / "failed") as run_dir:
+            run_dir.create({"step": 1}, {})
+            raise RuntimeError("the run failed")
+    assert not is_locked(run_dir.work_dir)
+    # The same process tries again: nothing of the failed attempt holds the run.
+    with RunDirectory(tmp_path / "e" / "failed") as retry:
+        assert retry.open_for_resume() == {"step": 1}
+        assert retry.open_for_resume() == {"step": 1}  # twice on one object: still one descriptor
+        retry.finish()
+    assert _open_descriptors() == before
+
+
+def test_a_failed_run_is_resumed_by_the_same_process_and_no_run_leaks_a_descriptor(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("DB_PASSWORD", PASSWORD)
+    experiments = tmp_path / "experiments"
+    assert main(trainer_args(dataset, experiments, "warm-up", "--batch_size", "50")) == 0  # torch's own files
+    before = _open_descriptors()
+
+    evaluate, calls = trainer.evaluate, []
+
+    def failing_once(*args, **options):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a failure in the middle of the run")
+        return evaluate(*args, **options)
+
+    monkeypatch.setattr(trainer, "evaluate", failing_once)
+    args = trainer_args(dataset, experiments, "r", "--batch_size", "50")
+    with pytest.raises(RuntimeError, match="middle of the run"):
+        main(args)
+    assert json.loads((experiments / "e" / "r.incomplete" / "run.json").read_text())["status"] == "failed"
+    assert main([*args, "--resume"]) == 0
+    assert main(trainer_args(dataset, experiments, "another", "--batch_size", "50")) == 0
+    assert sorted(p.name for p in (experiments / "e").iterdir()) == ["another", "r", "warm-up"]
+    assert _open_descriptors() == before
+
+
+def test_a_start_that_cannot_write_leaves_nothing_and_holds_nothing(tmp_path):
+    run_dir = RunDirectory(tmp_path / "e" / "r")
+    with pytest.raises(TypeError):
+        run_dir.create({}, {"not json": object()})
+    assert list((tmp_path / "e").iterdir()) == []
+    with RunDirectory(tmp_path / "e" / "r") as again:
+        again.create({}, {})
+        again.finish()
+
+
+@pytest.mark.parametrize(
+    "kind, network",
+    [
+        ("nfs", True),
+        ("nfs4", True),
+        ("cifs", True),
+        ("smb3", True),
+        ("fuse.sshfs", True),
+        ("fuse.s3fs", True),
+        ("9p", True),
+        ("ext4", False),
+        ("xfs", False),
+        ("tmpfs", False),
+        ("overlay", False),
+        ("fuseblk", False),
+        ("fuse.fuse-overlayfs", False),
+        (None, False),
+    ],
+)
+def test_network_file_systems(kind, network):
+    assert is_network_file_system(kind) is network
+
+
+def _mount_table(tmp_path: Path, kind: str) -> Path:
+    """A mount table in /proc/self/mountinfo's format in which tmp_path's device is mounted as `kind`."""
+    device = os.stat(tmp_path).st_dev
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "1 0 253:7 / / rw,relatime - ext4 /dev/vda1 rw\n"
+        f"42 1 {os.major(device)}:{os.minor(device)} /export /mnt/shared rw,relatime shared:7 master:2 - {kind} "
+        "server:/export rw,vers=4.2\n"
+    )
+    return table
+
+
+def test_the_file_system_type_comes_from_the_mount_table(tmp_path):
+    assert file_system_type(tmp_path, _mount_table(tmp_path, "nfs4")) == "nfs4"
+    assert file_system_type(tmp_path, tmp_path / "no-such-table") is None
+    # On this machine, the real table knows the file system of every existing path.
+    real = file_system_type(tmp_path)
+    assert real is not None and not is_network_file_system(real)
+
+
+def test_a_run_on_a_network_file_system_is_warned_about(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(run_dir_module, "MOUNT_INFO", _mount_table(tmp_path, "nfs4"))
+    with caplog.at_level(logging.WARNING), RunDirectory(tmp_path / "e" / "r") as run_dir:
+        run_dir.create({}, {})
+    assert "is on a network file system (nfs4)" in caplog.text and "two machines" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), RunDirectory(tmp_path / "e" / "r") as run_dir:
+        run_dir.open_for_resume()
+    assert "is on a network file system (nfs4)" in caplog.text
+
+
+def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    # What NFS mounted without a lock manager answers (ENOLCK); no such mount can be made here.
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING), RunDirectory(tmp_path / "e" / "r") as run_dir:
+        run_dir.create({"step": 2}, {})
+        assert not is_locked(run_dir.work_dir)
+        run_dir.finish()
+    assert "does not support flock" in caplog.text

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_classifier.cli import ArgumentParser, non_negative_int, positive_int
 from image_classifier.data.data import BATCHES_FOLDER, BATCHES_META, METADATA_FILE, TEST_BATCH
 from image_classifier.errors import UserError
 
@@ -226,15 +227,15 @@ def generate_dataset(output: Path, train_size: int, test_size: int, seed: int = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m image_classifier.data.synthetic",
         description="Generate a learnable dataset in the exact CIFAR-10 python-batches file format.",
     )
     parser.add_argument("--output", type=Path, required=True, help="dataset folder to create (required)")
-    parser.add_argument("--train-size", type=int, default=5000, help="training images (default: 5000)")
-    parser.add_argument("--test-size", type=int, default=1000, help="test images (default: 1000)")
-    parser.add_argument("--train-batches", type=int, default=5, help="data_batch_<n> files (default: 5)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--train-size", type=non_negative_int, default=5000, help="training images")
+    parser.add_argument("--test-size", type=non_negative_int, default=1000, help="test images")
+    parser.add_argument("--train-batches", type=positive_int, default=5, help="data_batch_<n> files")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     return parser
 
 

@@ -3,7 +3,7 @@ build it while parsing, before anything heavy is imported)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -13,4 +13,4 @@ class ModelRequest:
     classes: tuple[str, ...] | None = None
     metadata: Path | None = None
     experiments_folder: Path = Path("experiments")
-    tracking_uri: str | None = None
+    tracking_uri: str | None = field(default=None, repr=False)  # it may carry credentials

@@ -6,12 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
+from image_classifier.cli import described
 from image_classifier.images import DEFAULT_MAX_PIXELS
 from image_classifier.serving.model_request import ModelRequest
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
+@described("at least two unique, non-empty names: a,b,c")
 def class_list(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(","))
     if len(names) < 2 or not all(names) or len(set(names)) != len(names):

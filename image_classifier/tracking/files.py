@@ -9,10 +9,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from image_classifier.run_dir import finite_json
+
 
 def to_strict_json(data) -> str:
-    """JSON that every parser accepts: `allow_nan=False` refuses NaN and Infinity instead of writing them."""
-    return json.dumps(data, indent=4, allow_nan=False) + "\n"
+    """JSON that every parser accepts: NaN and infinities (which older versions wrote into run files) become
+    null, as the trainer writes them today."""
+    return json.dumps(finite_json(data)[0], indent=4, allow_nan=False) + "\n"
 
 
 def write_json_atomically(path: Path, data) -> None:

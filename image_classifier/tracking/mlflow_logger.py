@@ -5,8 +5,9 @@ The trainer calls `start` once (or again on --resume), `log_epoch` after every e
 name = run name, the arguments (never the password: it is not one of them) as parameters, environment
 facts and dataset hashes as tags, every epoch's metrics at step = epoch, the run's files as artifacts.
 
-A server that is down, or dies mid-run, costs one bounded wait (see `mlflow_client.ENVIRONMENT_DEFAULTS`) and one
-warning line; every later call is skipped and counted, and the count goes into run.json (`mlflow.lost_calls`).
+A server that is down, hangs, answers slowly or asks to retry later, or dies mid-run, costs at most
+`mlflow_client.CALL_SECONDS` for the call that meets it and one warning line; every later call is skipped
+and counted, and the count goes into run.json (`mlflow.lost_calls`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from image_classifier.manifest import ENVIRONMENT_KEYS
-from image_classifier.tracking.mlflow_client import connect, error_code, short_reason
+from image_classifier.tracking.mlflow_client import CALL_SECONDS, call_within, connect, error_code, short_reason
 from image_classifier.tracking.uri import redacted
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,20 @@ def epoch_metrics(entry: Mapping) -> dict[str, float]:
 
 
 class MlflowRunLogger:
-    """One training run's MLflow run. Every method returns normally, whatever the server does."""
+    """One training run's MLflow run. Every method returns normally, whatever the server does, within
+    `call_seconds` (None: as long as MLflow's own timeouts let it)."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str, earlier: Mapping | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        run_name: str,
+        earlier: Mapping | None = None,
+        call_seconds: float | None = CALL_SECONDS,
+    ) -> None:
         """`earlier`: the `record()` of the same run before it was stopped (run.json's "mlflow"), on --resume."""
         earlier = earlier or {}
+        self.call_seconds = call_seconds
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.run_name = run_name
@@ -119,8 +129,11 @@ class MlflowRunLogger:
             return
         try:
             if self._client is None:
-                self._client = connect(self.tracking_uri)
-            action(self._client)
+                self._client = connect(self.tracking_uri)  # imports MLflow: no network yet
+            if self.call_seconds is None:
+                action(self._client)
+            else:
+                call_within(self.call_seconds, lambda: action(self._client))
         except Exception as exc:  # whatever MLflow or the network raises, training goes on
             self.lost_calls += 1
             self.error = f"{what}: {short_reason(exc, self.tracking_uri)}"
@@ -162,8 +175,9 @@ class MlflowRunLogger:
 
 
 def log_finished_run(tracking_uri: str, record) -> MlflowRunLogger:
-    """Log a completed run folder (a `records.RunRecord`) in one go: for runs trained without MLflow."""
-    run_logger = MlflowRunLogger(tracking_uri, record.experiment, record.run)
+    """Log a completed run folder (a `records.RunRecord`) in one go: for runs trained without MLflow. No
+    training waits for it, so its uploads (a large model.pth on a slow link) get MLflow's own timeouts only."""
+    run_logger = MlflowRunLogger(tracking_uri, record.experiment, record.run, call_seconds=None)
     run_logger.start(record.manifest)
     for entry in record.history:
         run_logger.log_epoch(entry)

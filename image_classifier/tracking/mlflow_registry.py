@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -25,11 +27,14 @@ from image_classifier.tracking.mlflow_logger import MODEL_SHA256_TAG, log_finish
 from image_classifier.tracking.records import RunRecord
 from image_classifier.tracking.registry import (
     MODEL_URI_PREFIX,
+    SHA256,
     ModelVersion,
     Registry,
     check_alias,
     check_model_file,
     check_model_name,
+    is_inside,
+    is_source_run,
     parse_model_uri,
     registrable_run,
     source_run_of,
@@ -52,9 +57,20 @@ def _timestamp(milliseconds: int | None) -> str:
 
 def _float_or_none(text: str | None) -> float | None:
     try:
-        return float(text) if text not in (None, "", "None") else None
-    except ValueError:
+        value = float(text) if text not in (None, "", "None") else None
+    except (TypeError, ValueError):
         return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _folder_name(name: str) -> str:
+    """A model name as one folder name: itself when it follows the name rule (all that this package
+    registers), else a digest of it, so that no name from a server can lead out of the download folder."""
+    try:
+        check_model_name(name)
+    except UserError:
+        return "name-" + hashlib.sha256(name.encode("utf-8", "replace")).hexdigest()[:16]
+    return name
 
 
 class MlflowRegistry(Registry):
@@ -128,8 +144,16 @@ class MlflowRegistry(Registry):
                     raise RegistryError(f"{uri}: {reference.name} has no alias {reference.alias!r}") from None
             else:
                 found = self._get_version(reference.name, reference.version)
+            if found.name != reference.name:
+                raise RegistryError(f"{uri}: MLflow answered with a version of another model ({found.name!r})")
             version = self._model_version(found)
-            return check_model_file(self._local_copy(version, found.source))
+            # Before anything is read or downloaded: without the hash there is nothing to check the file by.
+            if not SHA256.fullmatch(version.sha256):
+                raise RegistryError(
+                    f"{uri}: its {SHA256_TAG!r} tag is missing or not a sha256, so its file cannot be checked; "
+                    "refused (register versions with image_classifier_runs register)"
+                )
+            return check_model_file(self._local_copy(version, found.source), self.experiments_folder)
 
     # --- MLflow calls ---
 
@@ -204,7 +228,8 @@ class MlflowRegistry(Registry):
             alias for alias, number in (aliases or {}).items() if str(number) == found.version
         ]
         source_run = tags.get(SOURCE_RUN_TAG, "")
-        run_dir = self.experiments_folder / source_run if source_run else None
+        # A tag is anybody's text: only EXPERIMENT/RUN names a folder here (never "../..", never a path).
+        run_dir = self.experiments_folder / source_run if is_source_run(source_run) else None
         run_dir = run_dir if run_dir is not None and run_dir.is_dir() else None
         version = int(found.version)
         return ModelVersion(
@@ -220,11 +245,15 @@ class MlflowRegistry(Registry):
         )
 
     def _download_path(self, name: str, version: int) -> Path:
-        return self.experiments_folder / DOWNLOAD_FOLDER / name / str(version) / MODEL_FILE
+        return self.experiments_folder / DOWNLOAD_FOLDER / _folder_name(name) / str(version) / MODEL_FILE
 
     def _local_copy(self, version: ModelVersion, source: str) -> ModelVersion:
         """`version` with a model_path on this machine holding the registered bytes, if MLflow has them."""
-        if version.model_path.is_file() and sha256_of(version.model_path) == version.sha256:
+        if (
+            version.model_path.is_file()
+            and is_inside(self.experiments_folder, version.model_path)
+            and sha256_of(version.model_path) == version.sha256
+        ):
             return version
         if version.run_dir is not None and version.model_path.is_file():
             logger.warning(
@@ -236,16 +265,37 @@ class MlflowRegistry(Registry):
             )
         target = self._download_path(version.name, version.version)
         if not (target.is_file() and sha256_of(target) == version.sha256):
-            self._download(source, target)
+            self._download(version, source, target)
         return replace(version, model_path=target)
 
-    def _download(self, source: str, target: Path) -> None:
+    def _download(self, version: ModelVersion, source: str, target: Path) -> None:
         import mlflow.artifacts
 
+        uri = f"{MODEL_URI_PREFIX}{version.name}/{version.version}"
+        self._check_is_one_file(uri, source)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Into a temporary folder next to the target, then renamed: a half download never looks complete.
+        # Into a temporary folder next to the target, checked, then renamed: a half download or wrong bytes
+        # never take the target's place.
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as folder:
-            downloaded = mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=folder, tracking_uri=self.tracking_uri
+            downloaded = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=folder, tracking_uri=self.tracking_uri
+                )
             )
+            if not downloaded.is_file() or downloaded.is_symlink():
+                raise RegistryError(f"{uri}: its source is not one file; refused")
+            if sha256_of(downloaded) != version.sha256:
+                raise RegistryError(f"{uri}: the file MLflow holds is not the registered one (sha256 differs)")
             shutil.move(downloaded, target)
+
+    def _check_is_one_file(self, uri: str, source: str) -> None:
+        """Refuse a source that is a folder (an MLflow model directory, a whole run) before downloading it."""
+        import mlflow.artifacts
+
+        parent, _, name = source.rstrip("/").rpartition("/")
+        listed = mlflow.artifacts.list_artifacts(artifact_uri=parent, tracking_uri=self.tracking_uri) if parent else []
+        entry = next((item for item in listed if item.path.rpartition("/")[2] == name), None)
+        if entry is None:
+            raise RegistryError(f"{uri}: MLflow has no file at its source {redacted(source)}")
+        if entry.is_dir:
+            raise RegistryError(f"{uri}: its source {redacted(source)} is a folder, not a {MODEL_FILE} file; refused")

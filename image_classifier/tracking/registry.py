@@ -18,6 +18,7 @@ import abc
 import contextlib
 import datetime
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from image_classifier.config import check_name
 from image_classifier.errors import RegistryError, UserError
-from image_classifier.run_dir import MODEL_FILE, sha256_of
+from image_classifier.run_dir import MODEL_FILE, sha256_of, warn_if_lock_is_local
 from image_classifier.tracking.files import exclusive_lock, write_json_atomically
 from image_classifier.tracking.records import COMPLETED, RunRecord, read_run
 
@@ -36,6 +37,8 @@ REGISTRY_FORMAT = 1
 _MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))")
 # MLflow refuses these as aliases (they read as versions); refusing them in both backends keeps one rule.
 _RESERVED_ALIAS = re.compile(r"latest|v?\d+", re.IGNORECASE)
+SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHOWN = 60  # characters of a damaged file's value quoted in an error
 
 
 @dataclass(frozen=True)
@@ -119,19 +122,41 @@ def registrable_run(run_dir: Path) -> RunRecord:
 
 
 def source_run_of(experiments_folder: Path, run_dir: Path) -> str:
-    """EXPERIMENT/RUN of a run folder, which must lie in `experiments_folder`."""
+    """EXPERIMENT/RUN of a run folder, which must lie in `experiments_folder` (symbolic links followed)."""
     try:
         relative = run_dir.resolve().relative_to(experiments_folder.resolve())
     except ValueError:
         raise RegistryError(f"{run_dir} is not a run in {experiments_folder}") from None
     if len(relative.parts) != 2:
         raise RegistryError(f"{run_dir} is not a run folder ({experiments_folder}/EXPERIMENT/RUN)")
+    if not is_inside(experiments_folder, run_dir / MODEL_FILE):
+        raise RegistryError(f"{run_dir / MODEL_FILE} is a link to a file outside {experiments_folder}")
     return "/".join(relative.parts)
 
 
-def check_model_file(version: ModelVersion) -> ModelVersion:
-    """Refuse a version whose file is gone or whose bytes changed: it must never be used silently."""
+def is_source_run(text) -> bool:
+    """Whether `text` is EXPERIMENT/RUN with two valid names: a folder inside the experiments folder."""
+    if not isinstance(text, str) or text.count("/") != 1:
+        return False
+    try:
+        for label, name in zip(("experiment name", "run name"), text.split("/")):
+            check_name(label, name)
+    except UserError:
+        return False
+    return True
+
+
+def is_inside(experiments_folder: Path, path: Path) -> bool:
+    """Whether `path`, symbolic links followed, lies in `experiments_folder`."""
+    return path.resolve().is_relative_to(experiments_folder.resolve())
+
+
+def check_model_file(version: ModelVersion, experiments_folder: Path) -> ModelVersion:
+    """Refuse a version whose file is gone, lies outside the experiments folder (a link out of it) or whose
+    bytes changed: it must never be used silently."""
     uri = f"{MODEL_URI_PREFIX}{version.name}/{version.version}"
+    if not is_inside(experiments_folder, version.model_path):
+        raise RegistryError(f"{uri}: {version.model_path} leads outside {experiments_folder}; refused")
     if not version.model_path.is_file():
         raise RegistryError(f"{uri}: its model file {version.model_path} is missing")
     if sha256_of(version.model_path) != version.sha256:
@@ -247,32 +272,40 @@ class FileRegistry(Registry):
                 known = ", ".join(sorted(aliases)) or "none"
                 raise RegistryError(f"{uri}: {reference.name} has no alias {reference.alias!r} (aliases: {known})")
             number = aliases[reference.alias]
-        return check_model_file(self._version_of(document, reference.name, number))
+        return check_model_file(self._version_of(document, reference.name, number), self.experiments_folder)
 
     # --- the document ---
 
     def _read(self) -> dict:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return {"format": REGISTRY_FORMAT, "models": {}}
         except OSError as exc:
             raise RegistryError(f"cannot read the registry {self.path}: {exc.strerror}") from None
         try:
-            document = _checked_document(json.loads(text))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise RegistryError(f"the registry {self.path} is damaged ({exc}); restore it from a backup") from None
-        return document
+            return _checked_document(json.loads(data.decode("utf-8"), parse_constant=_not_json))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise RegistryError(f"the registry {self.path} is damaged ({reason}); restore it from a backup") from None
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[dict]:
         """The current document, to change in place; written back only if the block ends without error."""
         if not self.experiments_folder.is_dir():
             raise RegistryError(f"no experiments folder {self.experiments_folder}")
-        with exclusive_lock(self.lock_path):
+        warn_if_lock_is_local(self.experiments_folder, "image_classifier_runs register or alias on it")
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(exclusive_lock(self.lock_path))
+            except OSError as exc:
+                raise RegistryError(f"cannot lock the registry ({self.lock_path}): {exc.strerror}") from None
             document = self._read()
             yield document
-            write_json_atomically(self.path, document)
+            try:
+                write_json_atomically(self.path, document)
+            except OSError as exc:  # a full disk, a read-only folder
+                raise RegistryError(f"cannot write the registry {self.path}: {exc.strerror}") from None
 
     # --- entries ---
 
@@ -306,17 +339,69 @@ class FileRegistry(Registry):
         return f"no model named {name!r} in {self.path} (models: {known})"
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _checked_document(document) -> dict:
-    """The parsed registry, its shape checked, so that a hand-edited file fails here with a clear message."""
+    """The parsed registry with every field the code reads checked, so that a damaged or hand-edited file
+    fails here, with what is wrong, and never later with a traceback. Raises ValueError."""
     if not isinstance(document, dict) or document.get("format") != REGISTRY_FORMAT:
         raise ValueError(f"not a registry document of format {REGISTRY_FORMAT}")
-    for name, model in document["models"].items():
-        numbers = {entry["version"] for entry in model["versions"]}
-        if any(not isinstance(number, int) for number in numbers) or len(numbers) != len(model["versions"]):
-            raise ValueError(f"the versions of {name} are not distinct whole numbers")
-        if not set(model["aliases"].values()) <= numbers:
-            raise ValueError(f"an alias of {name} points at a version that does not exist")
+    models = document.get("models")
+    if not isinstance(models, dict):
+        raise ValueError('"models" is not an object')
+    for name, model in models.items():
+        try:
+            check_model_name(name)
+        except RegistryError:
+            raise ValueError(f"invalid model name {_shown(name)}") from None
+        if not (isinstance(model, dict) and isinstance(model.get("versions"), list)):
+            raise ValueError(f"model {name} has no list of versions")
+        if not isinstance(model.get("aliases"), dict):
+            raise ValueError(f"model {name} has no object of aliases")
+        numbers = [_checked_entry(name, entry) for entry in model["versions"]]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"the versions of {name} are not distinct")
+        for alias, number in model["aliases"].items():
+            try:
+                check_alias(alias)
+            except RegistryError:
+                raise ValueError(f"invalid alias {_shown(alias)} of {name}") from None
+            if not _is_whole(number) or number not in numbers:
+                raise ValueError(f"alias {alias} of {name} points at {_shown(number)}, not one of its versions")
     return document
+
+
+def _checked_entry(name: str, entry) -> int:
+    """One version's entry checked; its number."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"a version of {name} is {_shown(entry)}, not an object")
+    number = entry.get("version")
+    if not _is_whole(number) or number < 1:
+        raise ValueError(f"a version of {name} has the number {_shown(number)}, not a whole number from 1")
+    where = f"{name} version {number}"
+    if not is_source_run(entry.get("source_run")):
+        raise ValueError(f"{where}: source_run {_shown(entry.get('source_run'))} is not EXPERIMENT/RUN")
+    if not (isinstance(entry.get("sha256"), str) and SHA256.fullmatch(entry["sha256"])):
+        raise ValueError(f"{where}: sha256 {_shown(entry.get('sha256'))} is not a sha256")
+    if not isinstance(entry.get("registered_at"), str):
+        raise ValueError(f"{where}: registered_at {_shown(entry.get('registered_at'))} is not a time")
+    accuracy = entry.get("test_accuracy")
+    if accuracy is not None and not (
+        isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and math.isfinite(accuracy)
+    ):
+        raise ValueError(f"{where}: test_accuracy {_shown(accuracy)} is not a number")
+    return number
 
 
 def open_registry(experiments_folder: Path, tracking_uri: str | None = None) -> Registry:

@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from image_classifier import __version__
@@ -32,8 +32,8 @@ from image_classifier.errors import UserError
 from image_classifier.manifest import ENVIRONMENT_KEYS
 from image_classifier.tracking.files import to_strict_json
 from image_classifier.tracking.records import RunRecord, find_run, list_runs
-from image_classifier.tracking.registry import ModelVersion, Registry, open_registry
-from image_classifier.tracking.uri import TRACKING_URI_ENV, redacted, tracking_uri_from
+from image_classifier.tracking.registry import ModelVersion, open_registry
+from image_classifier.tracking.uri import TRACKING_URI_ENV, redacted, tracking_uri_from, without_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ NAME_ARGUMENTS = ("experiment_name", "run_name")  # in every compare's header al
 @dataclass(frozen=True)
 class ListConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     experiment: str | None
     sort: str
     descending: bool
@@ -74,7 +74,7 @@ class ListConfig:
 @dataclass(frozen=True)
 class ShowConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     run: str
     format: str
 
@@ -89,7 +89,7 @@ class CompareConfig:
 @dataclass(frozen=True)
 class RegisterConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     run: str
     name: str
     aliases: tuple[str, ...]
@@ -98,7 +98,7 @@ class RegisterConfig:
 @dataclass(frozen=True)
 class AliasConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     name: str
     alias: str
     version: int
@@ -107,12 +107,18 @@ class AliasConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     experiments_folder: Path
-    tracking_uri: str | None
+    tracking_uri: str | None = field(repr=False)  # it may carry credentials
     name: str | None
     format: str
 
 
 # --- formatting ---
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes (\\x1b): text from a run's files must not move the
+    cursor, clear the screen or break a table's lines on the terminal that prints it."""
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
 
 
 def _cell(value) -> str:
@@ -122,8 +128,8 @@ def _cell(value) -> str:
         # Four significant digits tell losses and accuracies apart; throughputs need no decimals.
         return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value)) or "-"
-    return str(value)
+        return printable(", ".join(map(str, value))) or "-"
+    return printable(str(value))
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -133,13 +139,30 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in lines)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): text from a run's
+# files (a hand-edited run.json, a registry entry) must never become one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """`value` for a CSV cell: lists joined with "; ", text that a spreadsheet would run as a formula quoted
+    with a leading apostrophe (what spreadsheets show as plain text); numbers as they are."""
+    if isinstance(value, (list, tuple)):
+        value = "; ".join(map(str, value))
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def format_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     stream = io.StringIO()
-    writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    # RFC 4180's line end: the writer then quotes a field holding a lone CR too, which readers and
+    # spreadsheets would otherwise take for the end of a row.
+    writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: "; ".join(value) if isinstance(value, list) else value for key, value in row.items()})
-    return stream.getvalue().rstrip("\n")
+        writer.writerow({key: csv_cell(value) for key, value in row.items()})
+    return stream.getvalue().removesuffix("\r\n")
 
 
 def format_rows(rows: Sequence[dict], columns: Sequence[str], output_format: str) -> str:
@@ -193,11 +216,11 @@ def _sort_key(column: str) -> Callable[[dict], tuple]:
     return key
 
 
-def registered_versions(registry: Registry) -> list[ModelVersion]:
-    """The registry's versions for the listing's last column; a registry that cannot be read does not stop
-    a listing, it is one warning."""
+def registered_versions(experiments_folder: Path, tracking_uri: str | None) -> list[ModelVersion]:
+    """The registry's versions for `list` and `show`; a registry that cannot be opened or read (damaged,
+    a server that is down, MLflow not installed) does not stop them: it is one warning."""
     try:
-        return registry.versions()
+        return open_registry(experiments_folder, tracking_uri).versions()
     except UserError as exc:
         logger.warning("registered versions not shown: %s", exc)
         return []
@@ -207,7 +230,7 @@ def list_command(config: ListConfig) -> int:
     if not config.experiments_folder.is_dir():
         raise UserError(f"no experiments folder {config.experiments_folder}")
     records = list_runs(config.experiments_folder, config.experiment)
-    versions = version_labels(registered_versions(open_registry(config.experiments_folder, config.tracking_uri)))
+    versions = version_labels(registered_versions(config.experiments_folder, config.tracking_uri))
     rows = [run_row(record, versions) for record in records]
     present = [row for row in rows if row.get(config.sort) not in (None, [])]
     missing = [row for row in rows if row.get(config.sort) in (None, [])]
@@ -227,8 +250,9 @@ def _files_of(record: RunRecord) -> dict[str, int]:
 
 
 def _section(title: str, pairs: Sequence[tuple[str, object]]) -> list[str]:
-    width = max((len(key) for key, _ in pairs), default=0)
-    return [title, *(f"  {key.ljust(width)}  {_cell(value)}" for key, value in pairs)]
+    keys = [printable(str(key)) for key, _ in pairs]
+    width = max(map(len, keys), default=0)
+    return [title, *(f"  {key.ljust(width)}  {_cell(value)}" for key, (_, value) in zip(keys, pairs))]
 
 
 def _flatten(value, prefix: str = "") -> list[tuple[str, object]]:
@@ -248,6 +272,18 @@ def _resume_times(manifest: Mapping) -> list[str]:
     return list(manifest.get("resumed_at") or [])  # runs of earlier versions kept the times only
 
 
+def mlflow_record_shown(record: Mapping) -> dict:
+    """run.json's "mlflow" section as shown. Earlier versions of the package kept a tracking URI whose password
+    held '/', '?' or '#' whole, in `tracking_uri` and in the `error` quoting it: hidden here."""
+    uri = record.get("tracking_uri")
+    if not isinstance(uri, str):
+        return dict(record)
+    return {
+        key: without_credentials(value, uri) if isinstance(value, str) and key != "tracking_uri" else value
+        for key, value in {**record, "tracking_uri": redacted(uri)}.items()
+    }
+
+
 def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> str:
     manifest = record.manifest
     header = [
@@ -262,7 +298,7 @@ def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> 
         ("test_accuracy", record.test_accuracy),
     ]
     if isinstance(manifest.get("mlflow"), dict):
-        header.extend(("mlflow." + key, value) for key, value in manifest["mlflow"].items())
+        header.extend(("mlflow." + key, value) for key, value in mlflow_record_shown(manifest["mlflow"]).items())
     lines = _section(f"run {record.name}", header)
     lines += ["", *_section("arguments", list(record.arguments.items()))]
     environment = {key: manifest[key] for key in SHOWN_ENVIRONMENT if manifest.get(key)}
@@ -282,8 +318,7 @@ def _indent(text: str) -> str:
 
 def show_command(config: ShowConfig) -> int:
     record = find_run(config.experiments_folder, config.run)
-    registry = open_registry(config.experiments_folder, config.tracking_uri)
-    versions = version_labels(registered_versions(registry)).get(record.name, [])
+    versions = version_labels(registered_versions(config.experiments_folder, config.tracking_uri)).get(record.name, [])
     files = _files_of(record)
     if config.format == "json":
         document = {
@@ -291,7 +326,11 @@ def show_command(config: ShowConfig) -> int:
             "status": record.status,
             "reason": record.reason,
             "folder": str(record.folder),
-            "run_json": dict(record.manifest),
+            "run_json": (
+                {**record.manifest, "mlflow": mlflow_record_shown(record.manifest["mlflow"])}
+                if isinstance(record.manifest.get("mlflow"), Mapping)
+                else dict(record.manifest)
+            ),
             "metrics": dict(record.metrics),
             "files": files,
             "versions": versions,
@@ -440,18 +479,8 @@ def models_command(config: ModelsConfig) -> int:
 # --- the command line ---
 
 
-class _Parser(ArgumentParser):
-    """Never echoes a rejected value: a mistyped subcommand or choice may be a password typed in the
-    wrong place, like the values after unknown options (see `image_classifier.cli`)."""
-
-    def _check_value(self, action: argparse.Action, value) -> None:
-        if action.choices is not None and value not in action.choices:
-            choices = ", ".join(map(str, action.choices))
-            raise argparse.ArgumentError(action, f"invalid choice, not shown (choose from {choices})")
-
-
 def _common_options() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument(
         "--experiments_folder", type=Path, default=Path("experiments"), help="where the runs are (as in the trainer)"
     )
@@ -460,7 +489,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def _tracking_option() -> argparse.ArgumentParser:
-    tracking = _Parser(add_help=False)
+    tracking = ArgumentParser(add_help=False)
     tracking.add_argument(
         "--mlflow_tracking_uri",
         default=None,
@@ -471,7 +500,7 @@ def _tracking_option() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="image_classifier_runs",
         description="List, show and compare the runs in an experiments folder; register their models as "
         "named versions and move aliases.",

