@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from image_classifier.model.model import Net
 from image_classifier.model.optimizer import MomentumSGD
@@ -36,22 +38,19 @@ def _twins(memory_format=torch.channels_last):
     return ours, theirs
 
 
-@pytest.mark.parametrize(
-    "lr, momentum, batch_size, channels_last",
-    [
-        (0.001, 0.9, 4, True),
-        (0.001, 0.9, 4, False),
-        (0.01, 0.0, 1, True),
-        (0.3, 0.99, 7, True),
-        (1e-4, 0.5, 16, False),
-    ],
+@settings(max_examples=10, deadline=None)
+@given(
+    lr=st.floats(1e-5, 0.5),
+    momentum=st.one_of(st.just(0.0), st.floats(0.0, 0.99)),
+    batch_size=st.integers(1, 9),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
 )
-def test_the_weights_are_torch_sgds_bit_for_bit(lr, momentum, batch_size, channels_last):
+def test_the_weights_are_torch_sgds_bit_for_bit(lr, momentum, batch_size, channels_last, seed):
     ours, theirs = _twins(torch.channels_last if channels_last else torch.contiguous_format)
-    _train(ours, MomentumSGD(ours, lr, momentum), _batches(12, batch_size))
-    _train(
-        theirs, torch.optim.SGD(theirs.parameters(), lr=lr, momentum=momentum, foreach=True), _batches(12, batch_size)
-    )
+    torch_sgd = torch.optim.SGD(theirs.parameters(), lr=lr, momentum=momentum, foreach=True)
+    _train(ours, MomentumSGD(ours, lr, momentum), _batches(12, batch_size, seed))
+    _train(theirs, torch_sgd, _batches(12, batch_size, seed))
     assert _same_bits(ours, theirs)
 
 
