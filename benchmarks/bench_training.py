@@ -1,10 +1,11 @@
 """Training and evaluation speed: the package against the notebook's pipeline, on one machine, in one run.
 
-    python benchmarks/bench_training.py                       # full size: 50,000 + 10,000 images (~15 min)
+    python benchmarks/bench_training.py                       # full size: 50,000 + 10,000 images (~20 min)
+    python benchmarks/bench_training.py --jobs-only           # only start-up and the two whole jobs
     python benchmarks/bench_training.py --quick               # a smoke run in seconds (sizes, not figures)
     python benchmarks/bench_training.py --train-size 10000 --repeats 3 --json bench.json
 
-A dataset in the real CIFAR-10 file format is generated first. Then every measurement runs both sides,
+Datasets in the real CIFAR-10 file format are generated first. Then every measurement runs both sides,
 alternating, `--repeats` times, and keeps the best of each (timing noise here is 20-35 %, more on a busy
 machine):
 
@@ -14,11 +15,19 @@ machine):
 - the package: its own data, model, optimiser, `train_one_epoch` and `evaluate`, with the settings the
   trainer picks for that batch size (threads, channels-last, evaluation at `--eval_batch_size` 1000).
 
-It reports training images/s at batch 4, 32, 128 and 512, evaluation images/s, the wall time of the default
-job as a process (`image_classifier_trainer`: 2 epochs at batch 4, evaluation after each, every output
-written) against the notebook's job as a process (2 epochs, its evaluation, the model saved), each as a
-ratio, and the fraction of this machine's fp32 matmul peak (a 2048 x 2048 `torch.mm`, measured in this run)
-that training reaches. It prints a table and writes every number to `--json`.
+It reports:
+
+- start-up: from the start of the process to the end of the first training step, for the trainer
+  (`image_classifier_trainer`, through benchmarks/first_step.py) and for the notebook's job;
+- two whole jobs as processes, side by side: the trainer with default settings (batch 4, evaluation after
+  each epoch, every output written) against the notebook's job (its epochs, its evaluation, the model
+  saved), on a short job (`--short-train-size` images, `--short-epochs` epoch) and on the full default
+  job (`--train-size` images, `--epochs` epochs), each as a ratio;
+- unless `--jobs-only`: training images/s at batch 4, 32, 128 and 512, evaluation images/s, and the
+  fraction of this machine's fp32 matmul peak (a 2048 x 2048 `torch.mm`, measured in this run) that
+  training reaches.
+
+It prints a table and writes every number to `--json`.
 """
 
 from __future__ import annotations
@@ -100,11 +109,21 @@ def notebook_evaluate(model: nn.Module, loader, num_classes: int) -> tuple[list[
     return correct, total
 
 
-def notebook_job(folder: Path, output: Path, num_epochs: int) -> None:
-    """The notebook's whole job, run as its own process by `time_notebook_job`."""
+def notebook_job(folder: Path, output: Path, num_epochs: int, first_step_file: Path | None = None) -> None:
+    """The notebook's whole job, run as its own process by `time_notebook_job`.
+
+    With `first_step_file`: write the time the first training step ended there and stop (start-up).
+    """
     torch.manual_seed(0)
     model = Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    if first_step_file is not None:
+
+        def stop_after_the_first_step(optimizer, args, kwargs) -> None:
+            first_step_file.write_text(json.dumps({"first_step_done": time.time()}), encoding="utf-8")
+            os._exit(0)
+
+        optimizer.register_step_post_hook(stop_after_the_first_step)
     train_loader = notebook_loader(folder, True, NOTEBOOK_BATCH_SIZE)
     for _ in range(num_epochs):
         notebook_train_epoch(model, train_loader, optimizer)
@@ -186,10 +205,14 @@ def timed_process(args: list[str], env: dict | None = None) -> float:
     return seconds
 
 
+def trainer_arguments(folder: Path, experiments: Path, run_name: str, num_epochs: int) -> list[str]:
+    args = ["--experiment_name", "bench", "--run_name", run_name, "--dataset_folder", str(folder)]
+    return args + ["--experiments_folder", str(experiments), "--num_epochs", str(num_epochs), "--device", "cpu"]
+
+
 def time_package_job(folder: Path, experiments: Path, run_name: str, num_epochs: int) -> float:
     trainer = Path(sys.executable).with_name("image_classifier_trainer")
-    args = [str(trainer), "--experiment_name", "bench", "--run_name", run_name, "--dataset_folder", str(folder)]
-    args += ["--experiments_folder", str(experiments), "--num_epochs", str(num_epochs), "--device", "cpu"]
+    args = [str(trainer), *trainer_arguments(folder, experiments, run_name, num_epochs)]
     return timed_process(args, env={**os.environ, "DB_PASSWORD": PASSWORD})
 
 
@@ -197,6 +220,28 @@ def time_notebook_job(folder: Path, output: Path, num_epochs: int) -> float:
     output.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, __file__, "--notebook-job", str(folder), str(output), str(num_epochs)]
     return timed_process(args)
+
+
+def seconds_to_first_step(args: list[str], record: Path, env: dict | None = None) -> float:
+    """From just before the process starts to the end of its first training step (as the process saw it)."""
+    started = time.time()
+    timed_process(args, env)
+    return json.loads(record.read_text(encoding="utf-8"))["first_step_done"] - started
+
+
+def package_startup(folder: Path, work: Path, run_name: str) -> float:
+    record = work / f"{run_name}.json"
+    probe = Path(__file__).with_name("first_step.py")
+    args = [sys.executable, str(probe), str(record), *trainer_arguments(folder, work / "startup", run_name, 1)]
+    return seconds_to_first_step(args, record, env={**os.environ, "DB_PASSWORD": PASSWORD})
+
+
+def notebook_startup(folder: Path, work: Path, run_name: str) -> float:
+    record = work / f"{run_name}.json"
+    output = work / run_name
+    output.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, __file__, "--notebook-job", str(folder), str(output), "1", "--notebook-first-step"]
+    return seconds_to_first_step([*args, str(record)], record)
 
 
 # --- the machine ---------------------------------------------------------------------------------------
@@ -229,10 +274,66 @@ def machine_facts(default_threads: int) -> dict:
 # --- the run -------------------------------------------------------------------------------------------
 
 
-def measure(args: argparse.Namespace, folder: Path, work: Path) -> dict:
+def measure(args: argparse.Namespace, folders: dict[str, Path], work: Path) -> dict:
     default_threads = torch.get_num_threads()
-    results: dict = {"machine": machine_facts(default_threads), "settings": vars(args).copy(), "train": {}}
+    results: dict = {"machine": machine_facts(default_threads), "settings": vars(args).copy()}
     results["settings"]["json"] = str(args.json)
+    results.update(measure_jobs(args, folders, work))
+    if not args.jobs_only:
+        results.update(measure_throughput(args, folders["full"], default_threads))
+    results["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
+    return results
+
+
+def measure_jobs(args: argparse.Namespace, folders: dict[str, Path], work: Path) -> dict:
+    """Start-up and the whole jobs, as processes: the two sides alternate, in turn first, best of the repeats."""
+    startup: dict[str, list[float]] = {"notebook": [], "package": []}
+    jobs = {"short": (folders["short"], args.short_epochs), "full": (folders["full"], args.epochs)}
+    seconds: dict = {job: {"notebook": [], "package": []} for job in jobs}
+    for repeat in range(args.repeats):
+        sides = ["notebook", "package"] if repeat % 2 == 0 else ["package", "notebook"]
+        for side in sides:
+            time_startup = notebook_startup if side == "notebook" else package_startup
+            startup[side].append(time_startup(folders["short"], work, f"startup-{side}-{repeat}"))
+        print(
+            f"start-up: notebook {startup['notebook'][-1]:.1f} s, package {startup['package'][-1]:.1f} s",
+            file=sys.stderr,
+        )
+        for job, (folder, epochs) in jobs.items():
+            for side in sides:
+                if side == "notebook":
+                    taken = time_notebook_job(folder, work / f"notebook-{job}-{repeat}", epochs)
+                else:
+                    taken = time_package_job(folder, work / "experiments", f"{job}-{repeat}", epochs)
+                seconds[job][side].append(taken)
+            notebook, package = seconds[job]["notebook"][-1], seconds[job]["package"][-1]
+            print(f"{job} job: notebook {notebook:.1f} s, package {package:.1f} s", file=sys.stderr)
+    results: dict = {
+        "startup": {
+            "notebook_seconds": min(startup["notebook"]),
+            "package_seconds": min(startup["package"]),
+            "all_notebook_seconds": startup["notebook"],
+            "all_package_seconds": startup["package"],
+        },
+        "jobs": {},
+    }
+    for job, (folder, epochs) in jobs.items():
+        notebook, package = seconds[job]["notebook"], seconds[job]["package"]
+        results["jobs"][job] = {
+            "epochs": epochs,
+            "train_images": args.short_train_size if job == "short" else args.train_size,
+            "notebook_seconds": min(notebook),
+            "package_seconds": min(package),
+            "ratio": min(notebook) / min(package),
+            "all_notebook_seconds": notebook,
+            "all_package_seconds": package,
+        }
+    return results
+
+
+def measure_throughput(args: argparse.Namespace, folder: Path, default_threads: int) -> dict:
+    """Training images/s per batch size, evaluation images/s, in this process; the matmul peak."""
+    results: dict = {"train": {}}
     peaks = [matmul_peak_gflops(default_threads)]
     data = load_dataset(folder)
     batch_4_model, batch_4_threads = None, 1
@@ -274,22 +375,10 @@ def measure(args: argparse.Namespace, folder: Path, work: Path) -> dict:
     }
     print(f"eval: notebook {max(notebook_eval):.0f}, package {max(package_eval):.0f} images/s", file=sys.stderr)
 
-    notebook_job_s, package_job_s = [], []
-    for repeat in range(args.repeats):
-        notebook_job_s.append(time_notebook_job(folder, work / f"notebook-{repeat}", args.epochs))
-        package_job_s.append(time_package_job(folder, work / "experiments", f"run-{repeat}", args.epochs))
-        print(f"job: notebook {notebook_job_s[-1]:.1f} s, package {package_job_s[-1]:.1f} s", file=sys.stderr)
-    results["end_to_end"] = {
-        "epochs": args.epochs,
-        "notebook_seconds": min(notebook_job_s),
-        "package_seconds": min(package_job_s),
-        "ratio": min(notebook_job_s) / min(package_job_s),
-    }
     peak = max(peaks)
     results["matmul_peak_gflops"] = peak
     for row in results["train"].values():
         row["fraction_of_matmul_peak"] = row["package_gflops"] / peak
-    results["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     return results
 
 
@@ -298,6 +387,26 @@ def table(results: dict) -> str:
         "| measurement | notebook | package | ratio | package threads | fraction of matmul peak |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    start = results["startup"]
+    lines.append(
+        f"| start-up: process start to the end of the first training step, s | {start['notebook_seconds']:.2f} | "
+        f"{start['package_seconds']:.2f} | {start['notebook_seconds'] / start['package_seconds']:.2f}x | | |"
+    )
+    for name, job in results["jobs"].items():
+        label = "short job" if name == "short" else "default job"
+        lines.append(
+            f"| {label}, {job['epochs']} epoch(s) of {job['train_images']:,} images at batch 4, wall s | "
+            f"{job['notebook_seconds']:.1f} | {job['package_seconds']:.1f} | {job['ratio']:.2f}x | | |"
+        )
+    machine = results["machine"]
+    if "train" not in results:
+        lines.append("")
+        lines.append(
+            f"{machine['cpu_count']} CPUs, {machine['cpu_capability']}; load average "
+            f"{machine['load_average_1min_at_start']:.1f} at the start, {machine['load_average_1min_at_end']:.1f} "
+            "at the end"
+        )
+        return "\n".join(lines)
     for batch_size, row in results["train"].items():
         lines.append(
             f"| train images/s, batch {batch_size} | {row['notebook_images_per_second']:,.0f} | "
@@ -309,12 +418,6 @@ def table(results: dict) -> str:
         f"| eval images/s (notebook batch 4, package batch {ev['package_eval_batch_size']}) | "
         f"{ev['notebook_images_per_second']:,.0f} | {ev['package_images_per_second']:,.0f} | {ev['ratio']:.2f}x | | |"
     )
-    job = results["end_to_end"]
-    lines.append(
-        f"| default job, {job['epochs']} epochs at batch 4, wall s | {job['notebook_seconds']:.1f} | "
-        f"{job['package_seconds']:.1f} | {job['ratio']:.2f}x | | |"
-    )
-    machine = results["machine"]
     lines.append("")
     lines.append(
         f"fp32 matmul peak {results['matmul_peak_gflops']:.0f} GFLOP/s ({MATMUL_SIZE}x{MATMUL_SIZE} torch.mm, "
@@ -331,7 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-size", type=int, default=50_000, help="training images generated (default 50000)")
     parser.add_argument("--test-size", type=int, default=10_000, help="test images generated (default 10000)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side, best kept (default 2)")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of the whole jobs (default 2, the default job)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the full job (default 2, the default job)")
+    parser.add_argument(
+        "--short-train-size", type=int, default=20_000, help="training images of the short job (default 20000)"
+    )
+    parser.add_argument("--short-epochs", type=int, default=1, help="epochs of the short job (default 1)")
+    parser.add_argument(
+        "--jobs-only",
+        action="store_true",
+        help="measure only start-up and the two whole jobs, not the throughput per batch size",
+    )
     parser.add_argument(
         "--batch-sizes",
         type=lambda text: tuple(int(part) for part in text.split(",")),
@@ -341,10 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: 2,000 + 500 images, 1 repeat, 1 epoch (checks the script, not the speed)",
+        help="a smoke run: 2,000 (short job 1,000) + 500 images, 1 repeat, 1 epoch (checks the script, not the speed)",
     )
     parser.add_argument("--json", type=Path, default=Path("bench_training.json"), help="where to write the results")
     parser.add_argument("--notebook-job", nargs=3, metavar=("FOLDER", "OUTPUT", "EPOCHS"), help=argparse.SUPPRESS)
+    parser.add_argument("--notebook-first-step", type=Path, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -352,15 +465,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.notebook_job:
         folder, output, epochs = args.notebook_job
-        notebook_job(Path(folder), Path(output), int(epochs))
+        notebook_job(Path(folder), Path(output), int(epochs), args.notebook_first_step)
         return 0
     if args.quick:
         args.train_size, args.test_size, args.repeats, args.epochs = 2000, 500, 1, 1
+        args.short_train_size = 1000
     with tempfile.TemporaryDirectory(prefix="bench_training-") as tmp:
-        folder = Path(tmp) / "dataset"
+        folders = {"full": Path(tmp) / "dataset", "short": Path(tmp) / "short_dataset"}
         # torchvision's CIFAR10 wants the five files data_batch_1..5, as the real dataset has them.
-        generate_dataset(folder, args.train_size, args.test_size, seed=0, train_batches=5)
-        results = measure(args, folder, Path(tmp))
+        generate_dataset(folders["full"], args.train_size, args.test_size, seed=0, train_batches=5)
+        generate_dataset(folders["short"], args.short_train_size, args.test_size, seed=1, train_batches=5)
+        results = measure(args, folders, Path(tmp))
     print(table(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import random
@@ -13,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 import image_classifier
 
@@ -34,12 +36,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_deterministic_algorithms(mode: bool) -> None:
+    """`torch.use_deterministic_algorithms(mode)`, without importing torch._inductor when nothing compiles.
+
+    torch's function imports torch._inductor.config (and torch._dynamo with it: seconds before the first
+    step) only to set inductor's own flag. The eager kernels read the flag that `_C._set_deterministic_algorithms`
+    sets; once inductor is loaded (a compiled step), the public function sets both.
+    """
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(mode)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=False)
+
+
 def configure_determinism(deterministic: bool, device: torch.device) -> dict:
     """Ask PyTorch for deterministic kernels and return the settings, for run.json."""
     if deterministic and device.type == "cuda":
         # cuBLAS is only deterministic with a fixed workspace; it must be set before cuBLAS starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    set_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     return {
@@ -155,6 +170,38 @@ def _lock_file_record() -> dict | None:
     return dict(zip(lines[1::2], lines[0::2])) or None  # "sha256  name" lines -> {name: sha256}
 
 
+def torchvision_version() -> str | None:
+    """`torchvision.__version__`, read without importing torchvision (None when it is not installed).
+
+    Importing it costs seconds before the first training step (torchvision.models pulls in torch._dynamo).
+    The installed metadata's version lacks the build's local label (0.29.1 where torchvision says
+    0.29.1+cu130), so the literal in torchvision/version.py is read instead, as run.json always recorded it.
+    """
+    try:
+        spec = importlib.util.find_spec("torchvision")  # finds the package without running its __init__
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return None
+    for folder in spec.submodule_search_locations or ():
+        try:
+            tree = ast.parse((Path(folder) / "version.py").read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if (
+                isinstance(node, ast.Assign)
+                and any(isinstance(target, ast.Name) and target.id == "__version__" for target in node.targets)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
+                return node.value.value
+    try:
+        return importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment_facts() -> dict:
     """What besides data and arguments can change a run's bytes: code, versions, platform, lock files."""
     git = _git_state()
@@ -167,7 +214,7 @@ def environment_facts() -> dict:
             "image_classifier": image_classifier.__version__,
             "python": platform.python_version(),
             "torch": str(torch.__version__),  # a TorchVersion, which weights_only loading refuses
-            "torchvision": str(torchvision.__version__),
+            "torchvision": torchvision_version(),
             "numpy": np.__version__,
         },
         "platform": {

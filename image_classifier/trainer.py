@@ -50,6 +50,7 @@ from image_classifier.model.architectures import (
 )
 from image_classifier.model.model import read_state_dict
 from image_classifier.model.spec import SPEC_KEY, ModelSpec, new_spec
+from image_classifier.model.optimizer import MomentumSGD
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
 from image_classifier.reproducibility import (
@@ -71,7 +72,6 @@ from image_classifier.run_dir import (
 )
 from image_classifier.tracking.pretrained import resolve_pretrained_model
 from image_classifier.tracking.run_logger import open_run_logger
-from image_classifier.visualization.plot import plot_confusion_matrix, plot_curves, plot_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class TrainingSession:
     runtime: Runtime
     model: torch.nn.Module  # the model itself: what checkpoints hold and evaluation runs
     trained: torch.nn.Module  # what training steps call: the model, or its DistributedDataParallel wrapper
-    optimizer: torch.optim.Optimizer
+    optimizer: MomentumSGD
     shuffle: torch.Generator  # the data order's own generator
     run_dir: RunDirectory
     spec: ModelSpec  # what run.json records: how to rebuild the model and feed it
@@ -394,6 +394,9 @@ def _resume(session: TrainingSession, checkpoint: dict, environment: dict) -> Ru
 
 
 def _save_figures(run_dir: RunDirectory, config: TrainConfig, metrics: dict, history: list[dict], classes) -> None:
+    # matplotlib is imported here, after training, so that it never delays the first step (about 0.5 s).
+    from image_classifier.visualization.plot import plot_confusion_matrix, plot_curves, plot_metrics
+
     name = f"{config.experiment_name}/{config.run_name}"
     accuracy = plot_metrics(
         metrics["test_accuracy"], metrics["class_accuracy"], f"{name}: test accuracy per class and in total"

@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,36 @@ def test_code_sha256_changes_with_every_source_file_and_nothing_else(tmp_path, m
         assert reproducibility.code_sha256() == installed, path
     if version_text is not None:
         version.write_text(version_text)
+
+
+def test_torchvision_version_is_torchvisions_own_without_importing_it():
+    """run.json records what torchvision.__version__ says (with its local label), read from version.py."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from image_classifier.reproducibility import torchvision_version\n"
+            "version = torchvision_version()\n"
+            "print('torchvision' in sys.modules)\n"
+            "import torchvision\n"
+            "print(version == torchvision.__version__, version)\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.stdout.split()[:2] == ["False", "True"], result.stdout + result.stderr
+
+
+def test_deterministic_algorithms_are_set_without_loading_inductor():
+    code = (
+        "import sys, torch\n"
+        "from image_classifier.reproducibility import set_deterministic_algorithms\n"
+        "set_deterministic_algorithms(True)\n"
+        "on = torch.are_deterministic_algorithms_enabled()\n"
+        "set_deterministic_algorithms(False)\n"
+        "print(on, torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.stdout.split() == ["True", "False", "False"], result.stdout + result.stderr

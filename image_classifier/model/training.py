@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from image_classifier.model.optimizer import MomentumSGD
+
 logger = logging.getLogger(__name__)
 
 LOG_EVERY_STEPS = 2000  # the notebook printed the mean loss of the last 2000 mini-batches
@@ -31,10 +33,9 @@ class EpochProgress:
         return self.loss_sum / self.step if self.step else float("nan")
 
 
-def build_optimizer(model: nn.Module, learning_rate: float, momentum: float) -> torch.optim.Optimizer:
-    # foreach: one multi-tensor kernel per update instead of a Python loop over the 10 parameters; the
-    # same arithmetic in the same order, so the weights are bit-for-bit those of the default loop.
-    return torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum, foreach=True)
+def build_optimizer(model: nn.Module, learning_rate: float, momentum: float) -> MomentumSGD:
+    # torch.optim.SGD(foreach=True)'s arithmetic bit for bit, in a few operations per step (optimizer.py).
+    return MomentumSGD(model, lr=learning_rate, momentum=momentum)
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
@@ -47,7 +48,7 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
+    optimizer: MomentumSGD | torch.optim.Optimizer,
     progress: EpochProgress,
     total_steps: int,
     after_step: Callable[[EpochProgress], None] | None = None,
@@ -87,7 +88,8 @@ def train_one_epoch(
                 "[%d, %5d] loss: %.3f", progress.epoch, progress.step, progress.window_loss_sum / LOG_EVERY_STEPS
             )
             progress.window_loss_sum = 0.0
-        bar.set_postfix(loss=f"{progress.mean_loss:.3f}", refresh=False)
+        if not bar.disable:  # formatting the postfix costs as much as a small kernel: only for a bar shown
+            bar.set_postfix(loss=f"{progress.mean_loss:.3f}", refresh=False)
         if after_step is not None:
             after_step(progress)
     bar.close()

@@ -259,11 +259,13 @@ def test_num_batches_counts_the_batches_iterate_batches_gives(num_images, batch_
     assert sum(sizes) == num_images and all(size == batch_size for size in sizes[:-1])
 
 
-def test_a_prepared_split_gives_the_per_batch_values_bit_for_bit():
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_a_prepared_split_gives_the_per_batch_values_bit_for_bit(memory_format):
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=generator)  # every pixel value
     split = ImageSplit(images=images, labels=torch.arange(10))
-    prepared = prepare_split(split, torch.device("cpu"), torch.channels_last)
+    prepared = prepare_split(split, torch.device("cpu"), memory_format)
+    assert prepared.images.is_contiguous(memory_format=memory_format)
     order = torch.randperm(10, generator=generator)
     for (raw, raw_labels), (ready, ready_labels) in zip(
         iterate_batches(split, 3, torch.device("cpu"), order), iterate_batches(prepared, 3, torch.device("cpu"), order)
