@@ -109,5 +109,7 @@ def without_credentials(text: str, uri: str | None) -> str:
         if len(piece) >= _SHORT:
             text = text.replace(piece, HIDDEN)
         else:
-            text = re.sub(rf"(?<![^\W_]){re.escape(piece)}(?![^\W_])", HIDDEN, text)
+            # A word on its own; a %-escape next to it (a space the HTTP client re-quoted) also bounds it.
+            before, after = r"(?:(?<![^\W_])|(?<=%[0-9A-Fa-f]{2}))", r"(?:(?![^\W_])|(?=%[0-9A-Fa-f]{2}))"
+            text = re.sub(rf"{before}{re.escape(piece)}{after}", HIDDEN, text)
     return text

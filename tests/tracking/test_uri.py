@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 import requests
 import urllib3
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from image_classifier.tracking.uri import credential_pieces, redacted, split_credentials, without_credentials
@@ -125,6 +125,7 @@ _short = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=5)
     pieces=st.lists(st.one_of(_short, st.builds(lambda t: MARK + t + MARK, _text)), min_size=1, max_size=3),
     delimiters=st.lists(st.sampled_from(DELIMITERS), min_size=3, max_size=3),
 )
+@example(user="0", pieces=["0", MARK + " " + MARK], delimiters=["/", "/", "/"])  # a space re-quoted as %20
 @settings(max_examples=150, deadline=None)
 def test_no_error_of_the_http_client_shows_a_credential_piece(user, pieces, delimiters):
     """Whatever requests makes of the URI (it refuses it, or finds nobody listening), the message shown
