@@ -49,8 +49,8 @@ from image_classifier.model.architectures import (
     load_pretrained,
 )
 from image_classifier.model.model import read_state_dict
-from image_classifier.model.spec import SPEC_KEY, ModelSpec, new_spec
 from image_classifier.model.optimizer import MomentumSGD
+from image_classifier.model.spec import SPEC_KEY, ModelSpec, new_spec
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
 from image_classifier.reproducibility import (

@@ -109,7 +109,9 @@ def without_credentials(text: str, uri: str | None) -> str:
         if len(piece) >= _SHORT:
             text = text.replace(piece, HIDDEN)
         else:
-            # A word on its own; a %-escape next to it (a space the HTTP client re-quoted) also bounds it.
-            before, after = r"(?:(?<![^\W_])|(?<=%[0-9A-Fa-f]{2}))", r"(?:(?![^\W_])|(?=%[0-9A-Fa-f]{2}))"
+            # A word on its own; an escape next to it (a space the HTTP client re-quoted as %20, a control
+            # character repr() shows as \x1f) also bounds it.
+            before = r"(?:(?<![^\W_])|(?<=%[0-9A-Fa-f]{2})|(?<=\\x[0-9A-Fa-f]{2})|(?<=\\u[0-9A-Fa-f]{4}))"
+            after = r"(?:(?![^\W_])|(?=%[0-9A-Fa-f]{2})|(?=\\[xuU][0-9A-Fa-f]{2}))"
             text = re.sub(rf"{before}{re.escape(piece)}{after}", HIDDEN, text)
     return text

@@ -126,6 +126,7 @@ _short = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=5)
     delimiters=st.lists(st.sampled_from(DELIMITERS), min_size=3, max_size=3),
 )
 @example(user="0", pieces=["0", MARK + " " + MARK], delimiters=["/", "/", "/"])  # a space re-quoted as %20
+@example(user="0", pieces=["0", MARK + "\x1f" + MARK, "0"], delimiters=["@", "/", "/"])  # repr()'s \x1f
 @settings(max_examples=150, deadline=None)
 def test_no_error_of_the_http_client_shows_a_credential_piece(user, pieces, delimiters):
     """Whatever requests makes of the URI (it refuses it, or finds nobody listening), the message shown
