@@ -68,3 +68,15 @@ def test_test_shards_cover_every_image_once():
     shards = [Runtime(torch.device("cpu"), rank, 3).test_shard(97) for rank in range(3)]
     assert sorted(torch.cat(shards).tolist()) == list(range(97))
     assert Runtime(torch.device("cpu")).test_shard(97) is None
+
+
+def test_a_checkpoint_from_before_image_folders_resumes_with_the_new_fields_defaults():
+    from image_classifier.errors import RunDirectoryError
+    from image_classifier.trainer import CHECKPOINT_FORMAT, _check_resume_arguments
+
+    new_fields = ("image_size", "test_fraction", "skip_bad_images", "augment")
+    older = {k: v for k, v in config().result_fields().items() if k not in new_fields}
+    _check_resume_arguments({"format": CHECKPOINT_FORMAT, "config": older}, config())  # no error
+    with pytest.raises(RunDirectoryError, match="augment: False then, True now"):
+        _check_resume_arguments({"format": CHECKPOINT_FORMAT, "config": older}, config(augment=True))
+    assert "cache_folder" not in config().result_fields()  # where the cache is never changes results

@@ -92,10 +92,11 @@ class FolderScan:
     classes_from: str  # "metadata.json" or "folder names"
     files: tuple[FolderFile, ...]  # sorted by path
     skipped: tuple[tuple[str, str], ...]  # (path, reason)
+    test_folder: str | None = None  # "test", "val"... as named; None: --test_fraction splits
 
     @property
     def has_test_split(self) -> bool:
-        return any(file.split == TEST for file in self.files)
+        return self.test_folder is not None
 
 
 def is_hidden_or_system(name: str) -> bool:
@@ -267,6 +268,7 @@ def scan_folder(root: Path) -> FolderScan:
         classes_from=classes_from,
         files=tuple(sorted(files, key=lambda file: file.path)),
         skipped=tuple(sorted(walker.skipped)),
+        test_folder=tests[0].name if tests else None,
     )
 
 

@@ -309,3 +309,10 @@ def test_a_class_without_test_images_is_allowed_and_said(tmp_path, caplog):
     data = load_train_test_data(root, DataOptions(cache_folder=tmp_path / "cache"))
     assert data.classes == ("cat", "dog") and len(data.test) == 1
     assert "classes without test images (their test accuracy is n/a): dog" in caplog.text
+
+
+def test_a_test_folder_without_images_is_an_error_not_a_silent_split(tmp_path):
+    root = simple_folder(tmp_path / "data", {"cat": 3, "dog": 3}, "train")
+    (root / "test" / "cat").mkdir(parents=True)  # made, never filled: not a reason to split train/ instead
+    with pytest.raises(DatasetError, match="the test split holds no image"):
+        load_train_test_data(root, DataOptions(cache_folder=tmp_path / "cache"))
