@@ -18,11 +18,14 @@ def to_strict_json(data) -> str:
 
 def write_json_atomically(path: Path, data) -> None:
     """Write a sibling, fsync it, rename it over `path`, fsync the folder: a crash leaves the old or the new
-    file, never half of one. The caller serialises writers (see `image_classifier.locking`), so another
-    process's temporary sibling found here is what a writer killed mid-write left behind: it is removed."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        leftover.unlink(missing_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    file, never half of one. The caller serialises writers (see `image_classifier.locking`). A temporary sibling of
+    a process that no longer exists is what a writer killed mid-write left behind: it is removed."""
+    prefix = f".{path.name}."
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = leftover.name[len(prefix) : -len(".tmp")]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            leftover.unlink(missing_ok=True)
+    temporary = path.with_name(f"{prefix}{os.getpid()}.tmp")
     try:
         with temporary.open("w", encoding="utf-8") as stream:
             stream.write(to_strict_json(data))
@@ -36,3 +39,13 @@ def write_json_atomically(path: Path, data) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process is there
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, and another user's
+        return True
+    return True
