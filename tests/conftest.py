@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -74,3 +75,14 @@ def run_command(
 
 def run_trainer(*args: str, cwd: Path | None = None, password: str | None = PASSWORD, env: dict | None = None):
     return run_command([command("image_classifier_trainer"), *args], cwd=cwd, password=password, env=env)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A command's main() called in-process installs its log handler on the root logger, writing to the
+    stderr of that moment (pytest's capture of that test): later tests must not log into a closed capture."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -40,4 +40,5 @@ def test_command_line(tmp_path, capsys):
     assert main(["--output", str(tmp_path / "d"), "--train-size", "20", "--test-size", "5"]) == 0
     assert len(load_dataset(tmp_path / "d").train) == 20
     assert main(["--output", str(tmp_path / "d")]) == 1
-    assert capsys.readouterr().err.startswith("error: ")
+    err = capsys.readouterr().err
+    assert err.startswith("error: "), err
