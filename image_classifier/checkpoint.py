@@ -45,7 +45,11 @@ def _unresolved_uri(arguments: dict) -> bool:
 
 
 def check_arguments(recorded: dict, given: dict) -> None:
-    """Refuse a resume whose result-determining arguments differ from the interrupted run's."""
+    """Refuse a resume whose result-determining arguments differ from the interrupted run's.
+
+    A field added since the checkpoint was written counts as its default (what that version ran with).
+    """
+    recorded = {**TrainConfig.default_result_fields(), **recorded}
     skipped = RESOLVED_FROM_URI if _unresolved_uri(given) else ()
     differing = sorted(
         key for key in recorded.keys() | given.keys() if key not in skipped and recorded.get(key) != given.get(key)

@@ -413,8 +413,7 @@ def _open_checkpoint(config: TrainConfig, run_dir: RunDirectory, runtime: Runtim
         if config.resume:
             checkpoint = run_dir.open_for_resume()  # locks the unfinished run for this process
             check_format(checkpoint)
-            # A field added since the checkpoint was written counts as its default (what that version ran with).
-            check_arguments({**TrainConfig.default_result_fields(), **checkpoint["config"]}, config.result_fields())
+            check_arguments(checkpoint["config"], config.result_fields())
             # Checkpoints from before torchrun support were written by one process.
             check_world_size(checkpoint.get("world_size", 1), runtime.world_size)
         else:

@@ -71,12 +71,12 @@ def test_test_shards_cover_every_image_once():
 
 
 def test_a_checkpoint_from_before_image_folders_resumes_with_the_new_fields_defaults():
+    from image_classifier.checkpoint import check_arguments
     from image_classifier.errors import RunDirectoryError
-    from image_classifier.trainer import CHECKPOINT_FORMAT, _check_resume_arguments
 
     new_fields = ("image_size", "test_fraction", "skip_bad_images", "augment")
     older = {k: v for k, v in config().result_fields().items() if k not in new_fields}
-    _check_resume_arguments({"format": CHECKPOINT_FORMAT, "config": older}, config())  # no error
+    check_arguments(older, config().result_fields())  # no error
     with pytest.raises(RunDirectoryError, match="augment: False then, True now"):
-        _check_resume_arguments({"format": CHECKPOINT_FORMAT, "config": older}, config(augment=True))
+        check_arguments(older, config(augment=True).result_fields())
     assert "cache_folder" not in config().result_fields()  # where the cache is never changes results
