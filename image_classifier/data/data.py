@@ -76,6 +76,11 @@ def get_train_test_data(
 
 
 def load_train_test_data(dataset_folder: Path, options: DataOptions = DataOptions()) -> TrainTestData:
+    if not dataset_folder.is_dir():
+        raise DatasetError(
+            f"dataset folder {dataset_folder} not found: give an image folder or the CIFAR-10 python batches "
+            f"({METADATA_FILE} and {BATCHES_FOLDER}/; see the README for both)"
+        )
     image_folder = looks_like_image_folder(dataset_folder)
     if (dataset_folder / BATCHES_FOLDER).exists() or ((dataset_folder / METADATA_FILE).is_file() and not image_folder):
         return _cifar(dataset_folder, options)  # its own errors say what is missing and where to get it

@@ -290,6 +290,8 @@ def test_cifar_batches_are_recognised_and_read_as_before(dataset, tmp_path):
 def test_a_folder_that_is_neither_kind_says_what_either_needs(tmp_path):
     from image_classifier.data.data import load_train_test_data
 
+    with pytest.raises(DatasetError, match="dataset folder .*missing not found: .*metadata.json"):
+        load_train_test_data(tmp_path / "missing")
     with pytest.raises(DatasetError, match="no dataset in .*<class>/ or train/<class>/.*metadata.json"):
         load_train_test_data(tmp_path)
     (tmp_path / ".hidden").mkdir()
