@@ -228,7 +228,13 @@ class TrainingSession:
         runtime.share_main_buffers(self.model)  # batch norm's statistics: every rank evaluates one model
         shard = runtime.test_shard(len(data.test))
         test_batches = iterate_batches(
-            data.test, config.eval_batch_size, self.device, shard, memory_format=memory_format(config)
+            data.test,
+            config.eval_batch_size,
+            self.device,
+            shard,
+            mean=self.spec.mean,  # for a mapped image folder, normalised batch by batch
+            std=self.spec.std,
+            memory_format=memory_format(config),
         )
         steps = num_batches(len(data.test) if shard is None else len(shard), config.eval_batch_size)
         return evaluate(
@@ -276,7 +282,9 @@ class TrainingSession:
                     self.device,
                     shard,
                     progress.step,
-                    augment=self.augment,
+                    mean=self.spec.mean,
+                    std=self.spec.std,
+                    augment=self.augment,  # pads with black as this normalisation maps it
                     memory_format=memory_format(config),
                 )
                 train_one_epoch(

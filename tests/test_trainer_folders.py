@@ -150,3 +150,35 @@ def test_torchrun_ranks_train_on_one_prepared_folder(image_folder, tmp_path):
     assert manifest["world_size"] == 2
     prepared = [path for path in cache.iterdir() if path.is_dir()]
     assert [str(path) for path in prepared] == [manifest["dataset"]["prepared"]["folder"]]
+
+
+def test_a_torchvision_model_on_an_image_folder_trains_and_evaluates_with_its_specs_normalisation(tmp_path):
+    """Batches read from the mapped folder are normalised with the spec's mean and std (ImageNet's for
+    torchvision models), as serving will: the run's own evaluation equals an offline one made that way."""
+    import torch
+
+    from image_classifier.data.batches import iterate_batches
+    from image_classifier.data.data import DataOptions, load_train_test_data
+    from image_classifier.model.architectures import build_model
+    from image_classifier.model.spec import ModelSpec
+    from image_classifier.model.validation import evaluate
+
+    folder = generate_image_folder(tmp_path / "data", 40, 20, seed=3, min_side=16, max_side=40)
+    cache = tmp_path / "cache"
+    args = trainer_args(folder, tmp_path, "resnet", "--architecture", "resnet18", "--batch_size", "8")
+    result = run_trainer(*args, "--num_epochs", "1", "--cache_folder", str(cache), "--num_threads", "1")
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "e" / "resnet"
+    spec = ModelSpec.from_dict(run_json(run_dir)["model_spec"])
+    assert spec.mean != (0.5, 0.5, 0.5)  # ImageNet's: not the notebook's, which a forgotten argument would give
+
+    data = load_train_test_data(folder, DataOptions(cache_folder=cache))
+    model = build_model(spec)
+    model.load_state_dict(torch.load(run_dir / "model.pth", weights_only=True))
+    torch.set_num_threads(1)
+    offline = evaluate(
+        model, iterate_batches(data.test, 1000, torch.device("cpu"), mean=spec.mean, std=spec.std), spec.classes
+    )
+    recorded = json.loads((run_dir / "metrics.json").read_text())
+    assert recorded["confusion_matrix"] == offline["confusion_matrix"]
+    assert abs(recorded["test_loss"] - offline["test_loss"]) < 1e-4
