@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -29,7 +30,7 @@ class Chromium:
     """One headless browser; `evaluate` runs JavaScript in a page (awaiting a promise) and returns its value."""
 
     def __init__(self, executable: str) -> None:
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        self._profile = tempfile.mkdtemp(prefix="chromium-")
         commands_read, self._commands = _high(*os.pipe())
         self._events, events_write = _high(*os.pipe())
 
@@ -47,12 +48,13 @@ class Chromium:
                 "--disable-gpu",
                 "--no-first-run",
                 "--remote-debugging-pipe",
-                f"--user-data-dir={self._profile.name}",
+                f"--user-data-dir={self._profile}",
                 "about:blank",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=(commands_read, events_write),
+            start_new_session=True,  # its own process group: close() stops the renderers and zygotes too
         )
         os.close(commands_read)
         os.close(events_write)
@@ -104,8 +106,34 @@ class Chromium:
         return json.loads(message)
 
     def close(self) -> None:
-        self.process.kill()
+        """Stops the browser and every process it started, then removes its profile.
+
+        Killing only the main process left its helpers writing into the profile while it was removed
+        ("Directory not empty" in CI): the whole group is stopped and waited for first.
+        """
+        try:
+            self.call("Browser.close")
+            self.process.wait(timeout=10)
+        except (AssertionError, OSError, RuntimeError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.process.wait()
         os.close(self._commands)
         os.close(self._events)
-        self._profile.cleanup()
+        _wait_until_group_is_gone(self.process.pid)
+        # A helper that outlived the group's wait may leave a file behind: a stray temporary folder is no
+        # reason to fail the test.
+        shutil.rmtree(self._profile, ignore_errors=True)
+
+
+def _wait_until_group_is_gone(group: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
