@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -196,13 +197,24 @@ def notebook_eval_images_per_second(folder: Path, default_threads: int) -> float
 # --- whole jobs, as processes --------------------------------------------------------------------------
 
 
-def timed_process(args: list[str], env: dict | None = None) -> float:
+def timed_process(args: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds of the process, and the CPU seconds (user + system) of it and every process it waited for.
+
+    CPU seconds vary less than wall seconds on a machine shared with other work: they leave out the time
+    spent waiting for a core (not the slowdown of sharing caches).
+    """
+    cpu_before = _children_cpu_seconds()
     started = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(args[:3])}... failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return seconds
+    return seconds, _children_cpu_seconds() - cpu_before
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def trainer_arguments(folder: Path, experiments: Path, run_name: str, num_epochs: int) -> list[str]:
@@ -210,13 +222,13 @@ def trainer_arguments(folder: Path, experiments: Path, run_name: str, num_epochs
     return args + ["--experiments_folder", str(experiments), "--num_epochs", str(num_epochs), "--device", "cpu"]
 
 
-def time_package_job(folder: Path, experiments: Path, run_name: str, num_epochs: int) -> float:
+def time_package_job(folder: Path, experiments: Path, run_name: str, num_epochs: int) -> tuple[float, float]:
     trainer = Path(sys.executable).with_name("image_classifier_trainer")
     args = [str(trainer), *trainer_arguments(folder, experiments, run_name, num_epochs)]
     return timed_process(args, env={**os.environ, "DB_PASSWORD": PASSWORD})
 
 
-def time_notebook_job(folder: Path, output: Path, num_epochs: int) -> float:
+def time_notebook_job(folder: Path, output: Path, num_epochs: int) -> tuple[float, float]:
     output.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, __file__, "--notebook-job", str(folder), str(output), str(num_epochs)]
     return timed_process(args)
@@ -290,6 +302,7 @@ def measure_jobs(args: argparse.Namespace, folders: dict[str, Path], work: Path)
     startup: dict[str, list[float]] = {"notebook": [], "package": []}
     jobs = {"short": (folders["short"], args.short_epochs), "full": (folders["full"], args.epochs)}
     seconds: dict = {job: {"notebook": [], "package": []} for job in jobs}
+    cpu_seconds: dict = {job: {"notebook": [], "package": []} for job in jobs}
     for repeat in range(args.repeats):
         sides = ["notebook", "package"] if repeat % 2 == 0 else ["package", "notebook"]
         for side in sides:
@@ -302,10 +315,11 @@ def measure_jobs(args: argparse.Namespace, folders: dict[str, Path], work: Path)
         for job, (folder, epochs) in jobs.items():
             for side in sides:
                 if side == "notebook":
-                    taken = time_notebook_job(folder, work / f"notebook-{job}-{repeat}", epochs)
+                    taken, cpu = time_notebook_job(folder, work / f"notebook-{job}-{repeat}", epochs)
                 else:
-                    taken = time_package_job(folder, work / "experiments", f"{job}-{repeat}", epochs)
+                    taken, cpu = time_package_job(folder, work / "experiments", f"{job}-{repeat}", epochs)
                 seconds[job][side].append(taken)
+                cpu_seconds[job][side].append(cpu)
             notebook, package = seconds[job]["notebook"][-1], seconds[job]["package"][-1]
             print(f"{job} job: notebook {notebook:.1f} s, package {package:.1f} s", file=sys.stderr)
     results: dict = {
@@ -327,6 +341,8 @@ def measure_jobs(args: argparse.Namespace, folders: dict[str, Path], work: Path)
             "ratio": min(notebook) / min(package),
             "all_notebook_seconds": notebook,
             "all_package_seconds": package,
+            "notebook_cpu_seconds": min(cpu_seconds[job]["notebook"]),
+            "package_cpu_seconds": min(cpu_seconds[job]["package"]),
         }
     return results
 
@@ -397,6 +413,10 @@ def table(results: dict) -> str:
         lines.append(
             f"| {label}, {job['epochs']} epoch(s) of {job['train_images']:,} images at batch 4, wall s | "
             f"{job['notebook_seconds']:.1f} | {job['package_seconds']:.1f} | {job['ratio']:.2f}x | | |"
+        )
+        lines.append(
+            f"| {label}, CPU s (user + system, every process) | {job['notebook_cpu_seconds']:.1f} | "
+            f"{job['package_cpu_seconds']:.1f} | {job['notebook_cpu_seconds'] / job['package_cpu_seconds']:.2f}x | | |"
         )
     machine = results["machine"]
     if "train" not in results:

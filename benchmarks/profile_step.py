@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from image_classifier.config import TrainConfig
-from image_classifier.data.data import ImageSplit, iterate_batches, prepare_split
+from image_classifier.data.batches import ImageSplit, iterate_batches, prepare_split
 from image_classifier.model.model import Net
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.reproducibility import configure_determinism

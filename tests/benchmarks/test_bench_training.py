@@ -49,6 +49,7 @@ def _check_jobs(results):
     for job in results["jobs"].values():
         assert job["notebook_seconds"] > 0 and job["package_seconds"] > 0
         assert job["ratio"] == job["notebook_seconds"] / job["package_seconds"]
+        assert 0 < job["package_cpu_seconds"] and 0 < job["notebook_cpu_seconds"]
     # Each whole job takes longer than its start-up alone.
     assert results["jobs"]["short"]["package_seconds"] > startup["package_seconds"]
 
@@ -62,3 +63,11 @@ def test_jobs_only_measures_start_up_and_the_two_jobs(tmp_path):
     assert set(results) == {"machine", "settings", "startup", "jobs"}
     _check_jobs(results)
     assert "| short job, 1 epoch(s) of 50 images at batch 4, wall s |" in result.stdout
+
+
+def test_the_step_profile_prints_the_time_per_step_and_the_table(tmp_path):
+    script = REPO_ROOT / "benchmarks" / "profile_step.py"
+    result = run_command([sys.executable, str(script), "--steps", "6", "--repeats", "1", "--rows", "5"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "batch 4, 1 thread(s), channels-last True:" in result.stdout
+    assert "aten::convolution_backward" in result.stdout  # the profiler's table, with the step's operators
