@@ -9,6 +9,7 @@ SAMPLE_DATASET ?= data/sample_dataset
 SAMPLE_IMAGES ?= data/sample_images
 EXPERIMENTS ?= experiments
 EXPERIMENT ?= local_exp
+LITSERVE_VENV ?= .venv-litserve
 RUN_STAMP := $(shell date +%Y%m%d-%H%M%S)
 RUN ?= run-$(RUN_STAMP)
 TRAIN_ARGS ?=
@@ -17,7 +18,7 @@ DB_PASSWORD ?= local-mock-password
 export DB_PASSWORD
 
 .DEFAULT_GOAL := help
-.PHONY: help requirements lock lint format test test-fast data images train demo demo-folder example reproduce bench bench-folders build docker-build docker-test clean
+.PHONY: help requirements lock lint format test test-fast data images train demo demo-folder example reproduce bench litserve-venv bench-folders build docker-build docker-test clean
 
 ## Show this help
 help:
@@ -60,7 +61,7 @@ format: $(VENV)/.dev-installed
 	$(BIN)/black image_classifier tests benchmarks
 
 ## Run the whole test suite: pre-commit on all files, then pytest (slow end-to-end tests included)
-test: lint
+test: lint $(LITSERVE_VENV)/.installed
 	$(BIN)/python -m pytest
 
 ## Run only the fast tests (skips the end-to-end ones marked slow)
@@ -104,9 +105,22 @@ example: data
 reproduce: data
 	$(BIN)/image_classifier_reproduce $(or $(RUN_DIR),experiments/local_exp_test/run_1)
 
-## Measure training and evaluation speed against the notebook's pipeline (README "Performance"; BENCH_ARGS=--quick)
-bench: $(VENV)/.dev-installed
+## Measure training against the notebook's pipeline, then serving against LitServe (README "Performance", "Load")
+bench: $(VENV)/.dev-installed $(LITSERVE_VENV)/.installed
 	$(BIN)/python benchmarks/bench_training.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/serve_load.py --litserve_python $(LITSERVE_VENV)/bin/python $(SERVE_BENCH_ARGS)
+
+## The serving benchmark's peer, LitServe, in a venv of its own on top of the dev venv's packages (never in prod)
+litserve-venv: $(LITSERVE_VENV)/.installed
+
+# The base interpreter of the dev venv, and a .pth line that adds the dev venv's packages after LitServe's own.
+$(LITSERVE_VENV)/.installed: $(VENV)/.dev-installed requirements/requirements-litserve.in
+	rm -rf $(LITSERVE_VENV)
+	"$$($(BIN)/python -c 'import sys; print(sys._base_executable)')" -m venv $(LITSERVE_VENV)
+	$(BIN)/python -c "import site, sysconfig; print('import site; site.addsitedir(%r)' % sysconfig.get_paths()['purelib'])" \
+		> "$$($(LITSERVE_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_dev_venv.pth"
+	$(LITSERVE_VENV)/bin/python -m pip install --quiet -r requirements/requirements-litserve.in
+	touch $@
 
 ## Measure preparing and training on a generated folder of 20,000 images against torchvision's way (README "Performance")
 bench-folders: $(VENV)/.dev-installed
