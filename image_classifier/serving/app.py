@@ -31,6 +31,7 @@ from image_classifier.errors import ImageError
 from image_classifier.serving import registry_client
 from image_classifier.serving.admission import RETRY_AFTER_S, STOP_MARGIN_S, Admission, ClientGone, Unavailable
 from image_classifier.serving.batching import BatcherStopped, InferenceFailed, MicroBatcher
+from image_classifier.serving.heap import freeze_startup_objects, unfreeze
 from image_classifier.serving.metrics import Metrics, RequestMetrics
 from image_classifier.serving.model_source import ServedModel, load_model
 from image_classifier.serving.reload import on_sighup, reload_every
@@ -164,9 +165,11 @@ def _lifespan(state: ServiceState, hangup_before_start: Callable[[], bool]):
             _keep(state, loop.create_task(on_sighup(state, reloadable, "SIGHUP during start-up")))
         periodic = loop.create_task(reload_every(state)) if reloadable and settings.reload_every else None
         logger.info("serving %s (sha256 %s)", settings.model.model, state.model.info.sha256[:12])
+        freeze_startup_objects()  # the collector's full passes would otherwise stall every request (heap.py)
         try:
             yield
         finally:
+            unfreeze()
             if on_signal:
                 loop.remove_signal_handler(signal.SIGHUP)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not the default action (death) while stopping
