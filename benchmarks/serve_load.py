@@ -6,7 +6,9 @@
 Starts, on 127.0.0.1 (free ports) and from the same model: image_classifier_serve with its default settings;
 LitServe (benchmarks/litserve_peer.py, run by the interpreter of its own venv, `make litserve-venv`) serving
 the same weights with the same decoding, normalisation and top-k answer, batching up to 32 images waiting at
-most 2 ms, as ours does; and, as references for our own service, image_classifier_serve with
+most 2 ms, as ours does; with --compiled_stack, our service run by LitServe's interpreter, where uvicorn
+picks the uvloop event loop and the httptools parser that LitServe's dependencies bring (ours are asyncio's
+loop and h11, as in the prod image); and, as references for our own service, image_classifier_serve with
 `--max_batch_size 1` (one image a forward pass) and GET /health (the ceiling of what our server and this
 client can do at all). For 1, 8 and 32 concurrent clients that each send a fixed number of requests back to
 back on one keep-alive connection, it measures POST /predict with a 32 x 32 PNG, sent as the raw body and as
@@ -46,6 +48,7 @@ BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
 PEER = Path(__file__).resolve().parent / "litserve_peer.py"
 OURS, PEER_NAME, UNBATCHED = "image_classifier_serve", "LitServe", "image_classifier_serve --max_batch_size 1"
+COMPILED = "image_classifier_serve on uvloop + httptools"
 RAW, MULTIPART, HEALTH = "raw", "multipart", "GET /health"
 BOUNDARY = "----serve-load-boundary"
 
@@ -241,7 +244,7 @@ def print_table(results: list[Result]) -> None:
     print("| upload | server | clients | requests/s | p50 ms | p95 ms | p99 ms | server CPU µs/request | images/pass |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     order = {RAW: 0, MULTIPART: 1, HEALTH: 2}
-    servers = {OURS: 0, PEER_NAME: 1, UNBATCHED: 2}
+    servers = {OURS: 0, PEER_NAME: 1, COMPILED: 2, UNBATCHED: 3}
     for r in sorted(results, key=lambda r: (order[r.upload], r.clients, servers[r.server])):
         row = f"| {r.upload} | {r.server} | {r.clients} | {r.per_second:,.0f} | "
         row += f"{r.percentile(50):.1f} | {r.percentile(95):.1f} | {r.percentile(99):.1f} | "
@@ -281,6 +284,11 @@ def main() -> None:
         help="the interpreter of LitServe's venv (make litserve-venv); 'none' leaves the peer out",
     )
     parser.add_argument("--no_references", action="store_true", help="leave out --max_batch_size 1 and /health")
+    parser.add_argument(
+        "--compiled_stack",
+        action="store_true",
+        help="also run our service by LitServe's interpreter, where uvicorn picks uvloop and httptools",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -291,6 +299,11 @@ def main() -> None:
         if not Path(args.litserve_python).exists():
             raise SystemExit(f"no LitServe interpreter at {args.litserve_python}: run `make litserve-venv` first")
         commands[PEER_NAME] = ([args.litserve_python, str(PEER), "--model", model], False)
+    if args.compiled_stack:
+        if PEER_NAME not in commands:
+            raise SystemExit("--compiled_stack needs --litserve_python (its venv holds uvloop and httptools)")
+        serve = [args.litserve_python, "-m", "image_classifier.serving.serve", *commands[OURS][0][1:]]
+        commands[COMPILED] = (serve, True)
     if not args.no_references:
         commands[UNBATCHED] = ([*commands[OURS][0], "--max_batch_size", "1"], True)
     plan = [(server, upload, count) for count in clients for upload in (RAW, MULTIPART) for server in commands]
