@@ -14,8 +14,9 @@ client can do at all). For 1, 8 and 32 concurrent clients that each send a fixed
 back on one keep-alive connection, it measures POST /predict with a 32 x 32 PNG, sent as the raw body and as
 a multipart upload. Besides rates and latencies it reports the CPU time the server used per request (every
 thread of every process of the server: LitServe runs its model in a process of its own; from /proc, Linux
-only) and, for ours, the mean images per forward pass (from /metrics). Every measurement is repeated, the
-servers interleaved, and the run with the most requests/s is kept. Prints a Markdown table and the ratios
+only) and, for ours, the mean images per forward pass and the time spent in garbage collections (from
+/metrics: every thread waits while one runs). Every measurement is repeated, the servers interleaved, and
+the run with the most requests/s is kept. Prints a Markdown table and the ratios
 the README quotes; stops the servers. Only loopback is used, and the load is bounded by --requests.
 
 The clients are a minimal HTTP/1.1 client on asyncio streams in this one process, so that the client's own
@@ -63,6 +64,7 @@ class Result:
     latencies: list[float]
     server_cpu_s: float  # CPU time the server's processes used during the measurement (user + system)
     images_per_batch: float | None  # mean images per forward pass, for our /predict
+    gc_pause_ms: float | None  # our service's time in garbage collections during the measurement
 
     @property
     def cpu_us_per_request(self) -> float:
@@ -84,6 +86,7 @@ class Result:
             "max_ms": max(self.latencies) * 1000,
             "server_cpu_us_per_request": self.cpu_us_per_request,
             "images_per_pass": self.images_per_batch,
+            "gc_pause_ms": self.gc_pause_ms,
             "requests": self.requests,
         }
 
@@ -206,31 +209,36 @@ def server_cpu_seconds(pid: int) -> float:
     return total_ns / 1e9
 
 
-def batch_counters(port: int) -> tuple[float, float]:
-    """(forward passes, images) so far, from our service's /metrics."""
+def service_counters(port: int) -> dict[str, float]:
+    """Forward passes, images and garbage-collection pause seconds so far, from our service's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
         text = answer.read().decode()
-    values = {
-        line.split()[0]: float(line.split()[1])
-        for line in text.splitlines()
-        if line.startswith("image_classifier_batch_size_")
-    }
-    return values["image_classifier_batch_size_count"], values["image_classifier_batch_size_sum"]
+    counters = {"passes": 0.0, "images": 0.0, "gc_seconds": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "image_classifier_batch_size_count":
+            counters["passes"] = float(value)
+        elif name == "image_classifier_batch_size_sum":
+            counters["images"] = float(value)
+        elif name.startswith("image_classifier_gc_pause_seconds_total{"):
+            counters["gc_seconds"] += float(value)
+    return counters
 
 
 def measure(server: Server, upload: str, png: bytes, clients: int, count: int, warmup: int) -> Result:
     request = request_bytes(upload, png)
     asyncio.run(load(server.port, request, clients, warmup))
-    counters = server.metrics and upload != HEALTH
-    before = batch_counters(server.port) if counters else (0.0, 0.0)
+    before = service_counters(server.port) if server.metrics else {}
     cpu_before = server_cpu_seconds(server.process.pid)
     seconds, latencies = asyncio.run(load(server.port, request, clients, count))
     cpu = server_cpu_seconds(server.process.pid) - cpu_before
-    per_batch = None
-    if counters:
-        batches, images = (after - earlier for after, earlier in zip(batch_counters(server.port), before))
-        per_batch = images / batches if batches else None
-    return Result(server.name, upload, clients, clients * count, seconds, latencies, cpu, per_batch)
+    per_batch = gc_ms = None
+    if server.metrics:
+        after = service_counters(server.port)
+        passes, images = after["passes"] - before["passes"], after["images"] - before["images"]
+        per_batch = images / passes if upload != HEALTH and passes else None
+        gc_ms = (after["gc_seconds"] - before["gc_seconds"]) * 1000
+    return Result(server.name, upload, clients, clients * count, seconds, latencies, cpu, per_batch, gc_ms)
 
 
 def test_png() -> bytes:
@@ -241,15 +249,19 @@ def test_png() -> bytes:
 
 
 def print_table(results: list[Result]) -> None:
-    print("| upload | server | clients | requests/s | p50 ms | p95 ms | p99 ms | server CPU µs/request | images/pass |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| upload | server | clients | requests/s | p50 ms | p95 ms | p99 ms | server CPU µs/request | images/pass "
+        "| GC pauses ms |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     order = {RAW: 0, MULTIPART: 1, HEALTH: 2}
     servers = {OURS: 0, PEER_NAME: 1, COMPILED: 2, UNBATCHED: 3}
     for r in sorted(results, key=lambda r: (order[r.upload], r.clients, servers[r.server])):
         row = f"| {r.upload} | {r.server} | {r.clients} | {r.per_second:,.0f} | "
         row += f"{r.percentile(50):.1f} | {r.percentile(95):.1f} | {r.percentile(99):.1f} | "
         row += f"{r.cpu_us_per_request:,.0f} | "
-        print(row + (f"{r.images_per_batch:.1f} |" if r.images_per_batch is not None else "|"))
+        row += f"{r.images_per_batch:.1f} | " if r.images_per_batch is not None else "| "
+        print(row + (f"{r.gc_pause_ms:.0f} |" if r.gc_pause_ms is not None else "|"))
 
 
 def summary(results: list[Result], most: int) -> dict:

@@ -166,9 +166,11 @@ def _lifespan(state: ServiceState, hangup_before_start: Callable[[], bool]):
         periodic = loop.create_task(reload_every(state)) if reloadable and settings.reload_every else None
         logger.info("serving %s (sha256 %s)", settings.model.model, state.model.info.sha256[:12])
         freeze_startup_objects()  # the collector's full passes would otherwise stall every request (heap.py)
+        state.metrics.gc_pauses.start()
         try:
             yield
         finally:
+            state.metrics.gc_pauses.stop()
             unfreeze()
             if on_signal:
                 loop.remove_signal_handler(signal.SIGHUP)

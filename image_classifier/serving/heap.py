@@ -7,12 +7,16 @@ and every request in progress waits: they were most of the service's p99 at 32 c
 Objects that live from start-up to exit (modules, the model, the app) need never be walked: moved to the
 collector's permanent generation once the service is ready (`gc.freeze`), a full collection walks only what
 was created since, a few milliseconds. Nothing changes for what requests create: it is collected as before.
+
+The pauses themselves are timed (CollectorPauses) and exported with the metrics, so that a stall of this kind
+shows in /metrics rather than only in a client's p99.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -27,3 +31,37 @@ def freeze_startup_objects() -> None:
 def unfreeze() -> None:
     """At stop: an app run in another process's lifetime (tests) hands its objects back to the collector."""
     gc.unfreeze()
+
+
+class CollectorPauses:
+    """Every garbage collection's duration, by generation (0, 1, 2), while started: read at each scrape.
+
+    The callback runs inside the collector, with the GIL held, in whichever thread triggered it: it only
+    updates numbers (no lock: the metrics' own locks could be held by that very thread).
+    """
+
+    GENERATIONS = 3
+
+    def __init__(self) -> None:
+        self.collections = [0] * self.GENERATIONS
+        self.seconds = [0.0] * self.GENERATIONS
+        self.longest = [0.0] * self.GENERATIONS
+        self._began = 0.0
+
+    def start(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._began
+        generation = info["generation"]
+        self.collections[generation] += 1
+        self.seconds[generation] += seconds
+        self.longest[generation] = max(self.longest[generation], seconds)

@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from image_classifier.serving.heap import CollectorPauses
 
 PREFIX = "image_classifier_"
 ROUTES = ("/predict", "/predict/batch", "/health", "/ready", "/metadata", "/metrics", "/docs", "/openapi.json")
@@ -49,6 +51,8 @@ class Metrics:
             PREFIX + "requests_in_progress", "prediction requests admitted and not yet answered", registry=self.registry
         )
         self.registry.register(_ModelInfo(current_model))
+        self.gc_pauses = CollectorPauses()
+        self.registry.register(_GcPauses(self.gc_pauses))
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -71,6 +75,31 @@ class _ModelInfo(Collector):
             info = model.info
             family.add_metric([info.sha256, info.registry_name or "", str(info.registry_version or "")], 1)
         yield family
+
+
+class _GcPauses(Collector):
+    """The garbage collector's pauses (heap.py): every thread waits while one runs."""
+
+    def __init__(self, pauses: CollectorPauses) -> None:
+        self._pauses = pauses
+
+    def collect(self):
+        pauses = self._pauses
+        count = CounterMetricFamily(
+            PREFIX + "gc_collections", "garbage collections, by generation", labels=["generation"]
+        )
+        seconds = CounterMetricFamily(
+            PREFIX + "gc_pause_seconds", "time the process stood still in garbage collections", labels=["generation"]
+        )
+        longest = GaugeMetricFamily(
+            PREFIX + "gc_longest_pause_seconds", "the longest garbage collection so far", labels=["generation"]
+        )
+        for generation in range(pauses.GENERATIONS):
+            label = [str(generation)]
+            count.add_metric(label, pauses.collections[generation])
+            seconds.add_metric(label, pauses.seconds[generation])
+            longest.add_metric(label, pauses.longest[generation])
+        yield from (count, seconds, longest)
 
 
 class RequestMetrics:

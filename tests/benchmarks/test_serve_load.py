@@ -45,7 +45,7 @@ def test_the_serving_benchmark_writes_every_figure_for_both_servers(tmp_path):
             assert math.isfinite(row[figure]) and row[figure] > 0, (key, figure, row)
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"], (key, row)
         if key[0].startswith("image_classifier_serve") and key[1] != "GET /health":
-            assert row["images_per_pass"] >= 1, (key, row)
+            assert row["images_per_pass"] >= 1 and row["gc_pause_ms"] >= 0, (key, row)
     for upload in ("raw", "multipart"):
         assert set(results["ratios"][upload]) >= {"our_p99_over_p50", "throughput_over_peer", "p99_over_peer_p99"}
     # The Markdown table is printed, with a row per server.

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from image_classifier.serving.app import create_app
 from image_classifier.serving.model_request import ModelRequest
 from image_classifier.serving.settings import ServeSettings
-from tests.serving.conftest import png_bytes
+from tests.serving.conftest import metric_value, png_bytes
 
 
 def tracked(thing: object) -> bool:
@@ -31,3 +31,22 @@ def test_the_model_and_modules_are_exempt_from_collections_while_serving(trained
         assert tracked(made_while_serving)
     assert tracked(net)  # handed back at stop: a test process's later collections see it again
     assert gc.get_freeze_count() == 0
+
+
+def test_the_collector_pauses_are_in_the_metrics(trained_run):
+    with TestClient(create_app(ServeSettings(model=ModelRequest(str(trained_run))))) as client:
+        before = client.get("/metrics").text
+        gc.collect()  # a full collection, as the collector starts one by itself under load
+        gc.collect(0)
+        after = client.get("/metrics").text
+    name = "image_classifier_gc_collections_total"
+    assert metric_value(after, name, generation="2") >= metric_value(before, name, generation="2") + 1
+    assert metric_value(after, name, generation="0") >= metric_value(before, name, generation="0") + 1
+    paused = "image_classifier_gc_pause_seconds_total"
+    assert metric_value(after, paused, generation="2") > metric_value(before, paused, generation="2")
+    assert metric_value(after, "image_classifier_gc_longest_pause_seconds", generation="2") > 0
+    assert not any(callback.__self__.__class__.__name__ == "CollectorPauses" for callback in _bound(gc.callbacks))
+
+
+def _bound(callbacks: list) -> list:
+    return [callback for callback in callbacks if hasattr(callback, "__self__")]
