@@ -2,8 +2,9 @@
 
 Python's cyclic garbage collector stops every thread of the process while it runs, and a full (oldest
 generation) collection walks every tracked object: with torch imported, about 220,000 of them, which took
-100-330 ms a collection on the 2-core build machine. Under load such collections come every few seconds,
-and every request in progress waits: they were most of the service's p99 at 32 clients (README "Load").
+190 ms a collection on average, up to 330 ms, on the busy 2-core build machine. Under load such collections
+came every 2 seconds, and every request in progress waited: they were most of the service's p99 at 32
+clients (README "Load").
 Objects that live from start-up to exit (modules, the model, the app) need never be walked: moved to the
 collector's permanent generation once the service is ready (`gc.freeze`), a full collection walks only what
 was created since, a few milliseconds. Nothing changes for what requests create: it is collected as before.

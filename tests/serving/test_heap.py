@@ -1,5 +1,5 @@
 """The service's start-up objects are left out of the garbage collector's passes while it serves (heap.py):
-the full collections that walked them stalled every request for 100-330 ms (README "Load")."""
+the full collections that walked them stalled every request for up to 330 ms (README "Load")."""
 
 from __future__ import annotations
 
