@@ -8,6 +8,8 @@ clients (README "Load").
 Objects that live from start-up to exit (modules, the model, the app) need never be walked: moved to the
 collector's permanent generation once the service is ready (`gc.freeze`), a full collection walks only what
 was created since, a few milliseconds. Nothing changes for what requests create: it is collected as before.
+A frozen object that is dropped later (the start-up model, when a reload swaps in another) is still freed by
+reference counting, as long as no reference cycle runs through it (a test holds that for the served model).
 
 The pauses themselves are timed (CollectorPauses) and exported with the metrics, so that a stall of this kind
 shows in /metrics rather than only in a client's p99.

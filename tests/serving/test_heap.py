@@ -4,11 +4,14 @@ the full collections that walked them stalled every request for up to 330 ms (RE
 from __future__ import annotations
 
 import gc
+import weakref
 
 from fastapi.testclient import TestClient
 
 from image_classifier.serving.app import create_app
+from image_classifier.serving.heap import freeze_startup_objects, unfreeze
 from image_classifier.serving.model_request import ModelRequest
+from image_classifier.serving.model_source import load_model
 from image_classifier.serving.settings import ServeSettings
 from tests.serving.conftest import metric_value, png_bytes
 
@@ -50,3 +53,17 @@ def test_the_collector_pauses_are_in_the_metrics(trained_run):
 
 def _bound(callbacks: list) -> list:
     return [callback for callback in callbacks if hasattr(callback, "__self__")]
+
+
+def test_a_frozen_model_is_still_freed_when_a_reload_drops_it(trained_run):
+    """Frozen objects are never walked by the collector: a model held from start-up that a reload replaces
+    must be freed by reference counting alone (no reference cycle through it), or every swap would leak one."""
+    model = load_model(ModelRequest(str(trained_run)))
+    references = [weakref.ref(model), weakref.ref(model.net), weakref.ref(model.info)]
+    freeze_startup_objects()
+    try:
+        assert not tracked(model.net)
+        del model
+        assert [reference() for reference in references] == [None, None, None]
+    finally:
+        unfreeze()
