@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
 
 from image_classifier.data import prepared as prepared_module
 from image_classifier.data.data import DataOptions, load_train_test_data
@@ -29,7 +30,17 @@ from image_classifier.errors import DatasetError
 from image_classifier.images import conversion_settings, decode_image
 from image_classifier.locking import exclusive_lock
 from tests.conftest import REPO_ROOT
-from tests.data.folders import GOOD, MIXED_BAD, MIXED_SKIPPED, mixed_folder, png, read_only, simple_folder, write
+from tests.data.folders import (
+    GOOD,
+    MIXED_BAD,
+    MIXED_SKIPPED,
+    encode,
+    mixed_folder,
+    png,
+    read_only,
+    simple_folder,
+    write,
+)
 
 
 def prepare_folder(root: Path, cache: Path, image_size: int = 32, processes: int = 1, **options):
@@ -316,3 +327,38 @@ def test_a_test_folder_without_images_is_an_error_not_a_silent_split(tmp_path):
     (root / "test" / "cat").mkdir(parents=True)  # made, never filled: not a reason to split train/ instead
     with pytest.raises(DatasetError, match="the test split holds no image"):
         load_train_test_data(root, DataOptions(cache_folder=tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_photo_with_a_mistyped_exif_tag_is_prepared_not_a_crash(tmp_path, processes):
+    """Such a photo made the worker raise AttributeError: the whole preparation stopped with a traceback that
+    named no file. Its pixels are good: it is prepared, turned as its orientation says."""
+    from tests.test_images import MISTYPED_EXIF
+
+    root = simple_folder(tmp_path / "data", {"a": 2, "b": 2})
+    photo = Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 40, 3), dtype=np.uint8))
+    write(root / "a" / "photo.jpg", encode(photo, "JPEG", exif=MISTYPED_EXIF["Software as a number"]))
+    scan, prepared = prepare_folder(root, tmp_path / "cache", processes=processes)
+    assert prepared.bad_images == [] and [row["path"] for row in prepared.rows][0] == "a/0.png"
+    row = [row["path"] for row in prepared.rows].index("a/photo.jpg")
+    assert prepared.images[row].shape == (3, 32, 32)
+    np.testing.assert_array_equal(prepared.images[row], decode_image((root / "a" / "photo.jpg").read_bytes()))
+
+
+def test_any_exception_the_decoder_raises_makes_a_bad_image_named_in_the_error(tmp_path, monkeypatch):
+    root = simple_folder(tmp_path / "data", {"a": 2, "b": 2})
+    write(root / "a" / "crafted.png", png(9))
+    crafted = (root / "a" / "crafted.png").read_bytes()
+    real_load = ImageFile.ImageFile.load
+
+    def crafted_file_breaks_the_plugin(self):
+        if self.fp is not None and self.fp.getvalue() == crafted:
+            raise IndexError("list index out of range")
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", crafted_file_breaks_the_plugin)
+    with pytest.raises(DatasetError) as error:
+        load_train_test_data(root, DataOptions(cache_folder=tmp_path / "cache", processes=1))
+    assert "  a/crafted.png: the image cannot be decoded (corrupt): IndexError: list index out of range" in str(
+        error.value
+    )
