@@ -20,6 +20,10 @@ renamed to `<key>/` when complete and flushed to disk: a run killed at any point
 that the next preparer on that host removes, never a `<key>/` that is half written. Worker processes write
 their rows straight into the memory-mapped `images.npy`, a chunk of files at a time, so the memory used is
 a few chunks of images whatever the folder's size.
+
+A reused prepared dataset is checked against the scan before training reads it (`_open`): its rows, labels,
+dtypes and shapes must be those of the scanned files, so a damaged or edited cache is refused. Its pixels are
+taken on trust (checking them means decoding again): the cache folder should be writable by its users only.
 """
 
 from __future__ import annotations
@@ -292,14 +296,14 @@ def prepare(
                         scan, hashes, unreadable, image_size, max_pixels, conversion, key, processes, on_progress
                     )
                     _build(job, target)
-                    return _open(target, dataset_hash, reused=False)
+                    return _open(target, scan, hashes, dataset_hash, reused=False)
         except OSError as exc:  # a read-only or full disk: said as such, not as a traceback
             raise DatasetError(
                 f"cannot write the prepared dataset into {cache_folder}: {exc.strerror or exc}; choose another "
                 f"folder with --cache_folder or ${CACHE_ENV}"
             ) from None
     logger.info("reusing the prepared dataset %s", target)
-    return _open(target, dataset_hash, reused=True)
+    return _open(target, scan, hashes, dataset_hash, reused=True)
 
 
 def _log_wait(target: Path) -> None:
@@ -462,28 +466,68 @@ def _compact(images_path: Path, good: list[int], shape: tuple[int, ...]) -> None
     os.replace(compact_path, images_path)
 
 
-def _open(target: Path, dataset_hash: str, reused: bool) -> PreparedData:
+def _open(target: Path, scan: FolderScan, hashes: list[str | None], dataset_hash: str, reused: bool) -> PreparedData:
+    """The prepared dataset in `target`, checked against the scan it was keyed by before training trusts it.
+
+    Every row must be one of the scanned files with its hash, label and split, every scanned file must be a
+    row, a bad image or a file that is not an image, `labels.npy` must hold the rows' labels as int64, and
+    `images.npy` uint8 N x 3 x S x S at the key's size: a damaged or edited cache (a float array, other
+    labels, rows of another folder) is refused, never trained on. Only the pixels themselves are taken on
+    trust (checking them is decoding again): keep the cache folder writable by its users only.
+    """
+    damaged = f"the prepared dataset {target} is damaged or was changed"
     try:
         manifest = json.loads((target / MANIFEST_FILE).read_text(encoding="utf-8"))
+        shape = [int(side) for side in manifest["shape"]]
+        rows, bad_images, not_images = manifest["rows"], manifest["bad_images"], manifest["not_images"]
+        conversion = manifest["conversion"]
         # Copy-on-write mapping: writable for torch without a copy, never written back to the cache.
-        images = np.load(target / IMAGES_FILE, mmap_mode="c" if manifest["shape"][0] else None)
+        images = np.load(target / IMAGES_FILE, mmap_mode="c" if shape[0] else None)
         labels = np.load(target / LABELS_FILE)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"the prepared dataset {target} cannot be read ({exc}): delete it and run again") from None
-    if list(images.shape) != manifest["shape"] or len(labels) != manifest["shape"][0]:
-        raise DatasetError(f"the prepared dataset {target} does not match its manifest: delete it and run again")
+        problem = _mismatch(scan, hashes, dataset_hash, manifest, shape, rows, bad_images, not_images, images, labels)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{damaged} ({_first_line(exc)}): delete it and run again") from None
+    if problem is not None:
+        raise DatasetError(f"{damaged} ({problem}): delete it and run again")
     return PreparedData(
         folder=target,
         key=manifest["key"],
         dataset_sha256=dataset_hash,
         images=images,
         labels=labels,
-        rows=manifest["rows"],
-        bad_images=manifest["bad_images"],
-        not_images=manifest["not_images"],
-        conversion=manifest["conversion"],
+        rows=rows,
+        bad_images=bad_images,
+        not_images=not_images,
+        conversion=conversion,
         reused=reused,
     )
+
+
+def _mismatch(scan, hashes, dataset_hash, manifest, shape, rows, bad_images, not_images, images, labels) -> str | None:
+    """What in a prepared dataset disagrees with the scan it is opened for, or None."""
+    size = manifest["conversion"]["image_size"]
+    if manifest.get("dataset_sha256") != dataset_hash or list(manifest.get("classes", ())) != list(scan.classes):
+        return "its manifest is for other files or classes"
+    if images.dtype != np.uint8 or list(images.shape) != [len(rows), 3, size, size] or shape != list(images.shape):
+        return f"images.npy is {images.dtype} {list(images.shape)}, not uint8 {[len(rows), 3, size, size]}"
+    if labels.dtype != np.int64 or labels.shape != (len(rows),):
+        return f"labels.npy is {labels.dtype} {list(labels.shape)}, not int64 [{len(rows)}]"
+    scanned = {file.path: (file, digest) for file, digest in zip(scan.files, hashes)}
+    for row in rows:
+        file, digest = scanned.get(row["path"], (None, None))
+        if file is None or row != _row(file, digest):
+            return f"row {row['path']!r} is not that scanned file"
+    listed = [row["path"] for row in rows] + [item["path"] for item in (*bad_images, *not_images)]
+    if len(listed) != len(scanned) or set(listed) != scanned.keys():
+        return "it does not list every scanned file exactly once"
+    if not np.array_equal(labels, np.array([row["label"] for row in rows], dtype=np.int64)):
+        return "labels.npy is not the rows' labels"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def skipped_not_images(prepared: PreparedData) -> list[tuple[str, str]]:

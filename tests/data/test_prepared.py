@@ -362,3 +362,44 @@ def test_any_exception_the_decoder_raises_makes_a_bad_image_named_in_the_error(t
     assert "  a/crafted.png: the image cannot be decoded (corrupt): IndexError: list index out of range" in str(
         error.value
     )
+
+
+def _edit_npy(path: Path, edit) -> None:
+    array = np.load(path)
+    np.save(path, edit(np.array(array)), allow_pickle=True)
+
+
+def _edit_manifest(path: Path, edit) -> None:
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _relabel_both(folder: Path) -> None:
+    _edit_manifest(folder / MANIFEST_FILE, lambda m: m["rows"][0].update(label=1 - m["rows"][0]["label"]))
+    _edit_npy(folder / LABELS_FILE, lambda labels: np.concatenate([1 - labels[:1], labels[1:]]))
+
+
+TAMPERED = {
+    "images as float32": lambda folder: _edit_npy(folder / IMAGES_FILE, lambda a: a.astype(np.float32)),
+    "images of another size": lambda folder: _edit_npy(folder / IMAGES_FILE, lambda a: a[:, :, :16, :16]),
+    "labels as int32": lambda folder: _edit_npy(folder / LABELS_FILE, lambda a: a.astype(np.int32)),
+    "labels shuffled": lambda folder: _edit_npy(folder / LABELS_FILE, lambda a: a[::-1]),
+    "labels out of range": lambda folder: _edit_npy(folder / LABELS_FILE, lambda a: a + 7),
+    "labels as objects": lambda folder: _edit_npy(folder / LABELS_FILE, lambda a: a.astype(object)),
+    "a row and its label relabelled": _relabel_both,
+    "a row dropped": lambda folder: _edit_manifest(folder / MANIFEST_FILE, lambda m: m["rows"].pop()),
+    "no shape": lambda folder: _edit_manifest(folder / MANIFEST_FILE, lambda m: m.pop("shape")),
+    "rows not a list": lambda folder: _edit_manifest(folder / MANIFEST_FILE, lambda m: m.update(rows=7)),
+}
+
+
+@pytest.mark.parametrize("tamper", TAMPERED.values(), ids=TAMPERED.keys())
+def test_a_damaged_or_edited_cache_is_refused_never_trained_on(tmp_path, tamper):
+    """A reused cache was checked against its manifest's shape only: float pixels were fed to the model raw
+    (the batches skip normalising floats), other labels were trained on, a missing key was a traceback."""
+    root = simple_folder(tmp_path / "data", {"a": 3, "b": 3})
+    _, first = prepare_folder(root, tmp_path / "cache")
+    tamper(first.folder)
+    with pytest.raises(DatasetError, match=f"the prepared dataset {first.folder} is damaged or was changed .*: delete"):
+        prepare_folder(root, tmp_path / "cache")
