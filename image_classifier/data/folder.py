@@ -13,7 +13,10 @@ model trained with `ImageFolder` lines up with ours), unless `metadata.json` at 
 have a training folder.
 
 Refused with an error naming them: a class folder the training split lacks (in the test split, or not in
-metadata.json), a listed class without a folder, a training class with no image, two test folders.
+metadata.json), a listed class without a folder, a training class with no image, two test folders, and a
+class folder whose name is not UTF-8 text (bytes of another encoding) or holds a control character (a
+line break...): a class name reaches run.json, logs, tables and every answer of the service, which would
+fail on it or show it garbled.
 A training class absent from the test split is allowed (its test accuracy is reported as n/a) and warned.
 
 Skipped and counted (listed in run.json, never an error): hidden and system files and folders (names
@@ -193,6 +196,21 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def _check_class_names(split_folder: str, names: list[str]) -> None:
+    unusable = [name for name in names if not _is_plain_text(name)]
+    if unusable:
+        raise DatasetError(
+            f"{split_folder} has class folders whose names are not UTF-8 text or hold control characters: "
+            f"{', '.join(repr(name) for name in unusable)}; rename them (a class name is shown in logs, tables, "
+            "run.json and the service's answers)"
+        )
+
+
+def _is_plain_text(name: str) -> bool:
+    # Names the file system gave as bytes of another encoding come as surrogates (os.fsdecode's escape).
+    return not any(unicodedata.category(char) in ("Cc", "Cs") for char in name)
+
+
 def _classes(root: Path, train_folders: list[str]) -> tuple[tuple[str, ...], str]:
     if not (root / METADATA_FILE).is_file():
         return tuple(sorted(train_folders)), "folder names"
@@ -245,6 +263,7 @@ def scan_folder(root: Path) -> FolderScan:
         layout = f"{train.name}/ + {tests[0].name}/" if tests else f"{train.name}/ split by --test_fraction"
     if not class_folders:
         raise DatasetError(f"{split_folder} has no class folder: put each class's images in <class>/ under it")
+    _check_class_names(split_folder, [entry.name for entry in class_folders])
     classes, classes_from = _classes(root, [entry.name for entry in class_folders])
     split = TRAIN if tests else None
     files = _class_files(walker, split_folder, class_folders, classes, split)

@@ -217,3 +217,16 @@ def test_leakage_pairs_name_the_training_and_the_test_file():
 
 def test_system_names_are_compared_in_lower_case():
     assert all(name == name.lower() for name in folder_module.SYSTEM_NAMES)
+
+
+@pytest.mark.parametrize("name", [os.fsdecode(b"caf\xe9"), "two\nlines", "tab\there", "bell\x07", "del\x7f"], ids=ascii)
+def test_a_class_folder_name_that_is_not_plain_text_is_refused_naming_it(tmp_path, name):
+    """A Latin-1 folder name (an old archive's) became a class with a lone surrogate: run.json kept it, and then
+    every answer of the service naming it failed (UTF-8 cannot encode it, a 500) and the predict command's
+    table and CSV output raised UnicodeEncodeError; a line break in a class name forged lines in logs and tables."""
+    simple_folder(tmp_path, {"dog": 2})
+    write(tmp_path / name / "0.png", png(7))
+    with pytest.raises(DatasetError, match="not UTF-8 text or hold control characters") as error:
+        scan_folder(tmp_path)
+    assert repr(name) in str(error.value)
+    str(error.value).encode("utf-8")  # the error line itself prints anywhere
