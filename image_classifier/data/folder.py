@@ -167,16 +167,24 @@ class _Walker:
         self.skipped.append((self.relative(entry.path), NOT_REGULAR))
         return None
 
-    def files(self, folder: str, visited: frozenset[str] = frozenset()) -> list[str]:
-        """Every file under `folder`, at any depth, as paths relative to the dataset folder."""
-        visited = visited | {os.path.realpath(folder)}
+    def files(self, folder: str) -> list[str]:
+        """Every file under `folder`, at any depth, as paths relative to the dataset folder.
+
+        A loop over a stack, not recursion: a folder nested deeper than Python's recursion limit (1,000) is
+        listed too, never a RecursionError. Each folder carries the real paths of the folders above it, which
+        a link must not lead back to.
+        """
         found = []
-        for entry in self.entries(folder):
-            kind = self.kind(entry, set(visited))
-            if kind == "dir":
-                found.extend(self.files(entry.path, visited))
-            elif kind == "file":
-                found.append(self.relative(entry.path))
+        pending = [(folder, frozenset[str]())]
+        while pending:
+            current, above = pending.pop()
+            visited = above | {os.path.realpath(current)}
+            for entry in self.entries(current):
+                kind = self.kind(entry, set(visited))
+                if kind == "dir":
+                    pending.append((entry.path, visited))
+                elif kind == "file":
+                    found.append(self.relative(entry.path))
         return found
 
     def folders(self, folder: str) -> list[os.DirEntry]:

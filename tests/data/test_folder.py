@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -230,3 +232,19 @@ def test_a_class_folder_name_that_is_not_plain_text_is_refused_naming_it(tmp_pat
         scan_folder(tmp_path)
     assert repr(name) in str(error.value)
     str(error.value).encode("utf-8")  # the error line itself prints anywhere
+
+
+def test_a_class_folder_nested_deeper_than_the_recursion_limit_is_listed(tmp_path):
+    """Listing recursed once per folder level: a tree 1,100 levels deep raised RecursionError (a traceback
+    naming no file). Shown here with the interpreter's limit lowered to 60 frames above this test's, and a
+    tree 200 levels deep (pytest's own clean-up of tmp_path recurses too)."""
+    simple_folder(tmp_path, {"dog": 2})
+    deep = tmp_path / "cat" / Path(*["d"] * 200)
+    write(deep / "deep.png", png(3))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 60)
+    try:
+        scan = scan_folder(tmp_path)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert [f.path for f in scan.files if f.label == 0] == ["cat/" + "d/" * 200 + "deep.png"]
