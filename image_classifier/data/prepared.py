@@ -19,7 +19,8 @@ decode the folder once: the others wait and then reuse it. It is written into `<
 renamed to `<key>/` when complete and flushed to disk: a run killed at any point leaves a temporary folder
 that the next preparer on that host removes, never a `<key>/` that is half written. Worker processes write
 their rows straight into the memory-mapped `images.npy`, a chunk of files at a time, so the memory used is
-a few chunks of images whatever the folder's size.
+a few chunks of images whatever the folder's size; a file larger than any allowed image could be
+(`max_file_bytes`) is never read whole, only its first bytes.
 
 A reused prepared dataset is checked against the scan before training reads it (`_open`): its rows, labels,
 dtypes and shapes must be those of the scanned files, so a damaged or edited cache is refused. Its pixels are
@@ -50,7 +51,7 @@ from tqdm import tqdm
 
 from image_classifier.data.folder import NOT_IMAGE, FolderScan, dataset_sha256
 from image_classifier.errors import DatasetError, ImageError
-from image_classifier.images import DEFAULT_MAX_PIXELS, FILE_SUFFIXES, conversion_settings, decode_image
+from image_classifier.images import DEFAULT_MAX_PIXELS, FILE_SUFFIXES, conversion_settings, decode_image, open_image
 from image_classifier.locking import exclusive_lock
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ IMAGE_SUFFIXES = frozenset(
     + (".jpe", ".jfif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".ico", ".ppm", ".pgm", ".pbm", ".pnm")
     + (".tga", ".jp2", ".psd", ".dng", ".cr2", ".nef", ".arw", ".raw", ".svg", ".apng")
 )
+HEADER_BYTES = 1 << 16  # what identifies an image's format and declared size (`_judge_oversized`)
 HASH_CHUNK = 256  # files per task while hashing: each task is a few milliseconds of reading
 DECODE_CHUNK = 64  # files per task while decoding: big enough to amortise a task, small for the bar
 TASKS_IN_FLIGHT_PER_PROCESS = 4  # bounds what waits in the pipes (a chunk's results are a few KB)
@@ -187,6 +189,25 @@ def _judge(path: str, payload: bytes, image_size: int, max_pixels: int) -> tuple
         return "bad", str(exc)
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file that is read whole to be decoded: 8 bytes per pixel of the largest image allowed (a
+    16-bit RGBA PNG stored uncompressed) and 64 MB of metadata. Anything larger (a video beside the photos of a
+    phone's export, a disk image) is judged by its first bytes only: holding it whole would take its size in
+    memory, in every worker at once."""
+    return max_pixels * 8 + (64 << 20)
+
+
+def _judge_oversized(path: str, header: bytes, size: int, max_pixels: int) -> tuple[str, str | None]:
+    """("bad", reason) or ("not_image", None) for a file too large to read whole, by its suffix and header."""
+    promises_image = os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+    try:
+        open_image(header, max_pixels).close()
+    except ImageError as exc:
+        if exc.status == 415 and not promises_image:
+            return "not_image", None
+    return "bad", f"a file of {size:,} bytes, more than any image of at most {max_pixels:,} pixels would take"
+
+
 def _decode_chunk(
     images_path: str, root: str, image_size: int, max_pixels: int, items: list[tuple[int, str, str]]
 ) -> list[tuple[int, str, str | None]]:
@@ -196,6 +217,10 @@ def _decode_chunk(
     for row, path, expected in items:
         try:
             with open(os.path.join(root, path), "rb") as stream:
+                size = os.fstat(stream.fileno()).st_size
+                if size > max_file_bytes(max_pixels):
+                    results.append((row, *_judge_oversized(path, stream.read(HEADER_BYTES), size, max_pixels)))
+                    continue
                 payload = stream.read()
         except OSError as exc:
             results.append((row, "bad", f"cannot read it: {exc.strerror or exc}"))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +404,35 @@ def test_a_damaged_or_edited_cache_is_refused_never_trained_on(tmp_path, tamper)
     tamper(first.folder)
     with pytest.raises(DatasetError, match=f"the prepared dataset {first.folder} is damaged or was changed .*: delete"):
         prepare_folder(root, tmp_path / "cache")
+
+
+def _sparse(path: Path, header: bytes, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as stream:
+        stream.write(header)
+        stream.truncate(size)  # a hole: no disk used, zeros when read
+
+
+def test_a_file_larger_than_any_allowed_image_is_judged_by_its_first_bytes_never_read_whole(tmp_path):
+    """A phone export's video beside its photos was read whole into memory to be judged: a 2 GB .MOV made
+    preparing hold 2.5 GB (in every worker that met one). Here the pixel limit is 1,024, so any file above
+    1,024 x 8 bytes + 64 MB is too large; the files are 80 MB holes."""
+    root = simple_folder(tmp_path / "data", {"a": 2, "b": 2})
+    size = 80 << 20
+    _sparse(root / "a" / "IMG_0001.MOV", b"\0\0\0\x14ftypqt  ", size)
+    _sparse(root / "a" / "huge.png", png(1)[:64], size)
+    _sparse(root / "b" / "blob.bin", png(2)[:64], size)  # no image suffix, but the bytes of one
+    tracemalloc.start()
+    try:
+        _, prepared = prepare_folder(root, tmp_path / "cache", max_pixels=1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak:,} bytes held"
+    assert [row["path"] for row in prepared.rows] == ["a/0.png", "a/1.png", "b/0.png", "b/1.png"]
+    assert prepared.not_images == [{"path": "a/IMG_0001.MOV", "sha256": prepared.not_images[0]["sha256"]}]
+    reason = "a file of 83,886,080 bytes, more than any image of at most 1,024 pixels would take"
+    assert [(item["path"], item["reason"]) for item in prepared.bad_images] == [
+        ("a/huge.png", reason),
+        ("b/blob.bin", reason),
+    ]
