@@ -225,7 +225,8 @@ def test_system_names_are_compared_in_lower_case():
 def test_a_class_folder_name_that_is_not_plain_text_is_refused_naming_it(tmp_path, name):
     """A Latin-1 folder name (an old archive's) became a class with a lone surrogate: run.json kept it, and then
     every answer of the service naming it failed (UTF-8 cannot encode it, a 500) and the predict command's
-    table and CSV output raised UnicodeEncodeError; a line break in a class name forged lines in logs and tables."""
+    table and CSV output raised UnicodeEncodeError wherever stdout is strict UTF-8; a line break in a class
+    name forged lines in logs and tables."""
     simple_folder(tmp_path, {"dog": 2})
     write(tmp_path / name / "0.png", png(7))
     with pytest.raises(DatasetError, match="not UTF-8 text or hold control characters") as error:
