@@ -42,6 +42,7 @@ import numpy as np
 
 from image_classifier.data.cifar import METADATA_FILE, load_classes
 from image_classifier.errors import DatasetError
+from image_classifier.manifest import shown_path
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +347,7 @@ def leaked_pairs(paths: list[str], hashes: list[str], is_test: np.ndarray) -> li
 
 
 def bad_images_message(root: Path, bad: list[dict]) -> str:
-    lines = "\n".join(f"  {item['path']}: {item['reason']}" for item in bad)
+    lines = "\n".join(f"  {shown_path(item['path'])}: {item['reason']}" for item in bad)
     return (
         f"{len(bad)} bad image(s) in {root}, found before training (fix or remove them, or train without "
         f"them with --skip_bad_images):\n{lines}"

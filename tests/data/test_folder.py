@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from image_classifier.data import folder as folder_module
-from image_classifier.data.folder import leaked_pairs, scan_folder, stratified_split
+from image_classifier.data.folder import bad_images_message, leaked_pairs, scan_folder, stratified_split
 from image_classifier.errors import DatasetError
 from tests.data.folders import png, simple_folder, write
 
@@ -249,3 +249,10 @@ def test_a_class_folder_nested_deeper_than_the_recursion_limit_is_listed(tmp_pat
     finally:
         sys.setrecursionlimit(limit)
     assert [f.path for f in scan.files if f.label == 0] == ["cat/" + "d/" * 200 + "deep.png"]
+
+
+def test_bad_image_lines_show_a_name_that_is_not_plain_text_escaped():
+    message = bad_images_message(
+        Path("data"), [{"path": "a/x\ny.png", "reason": "r"}, {"path": "a/ok.png", "reason": "r"}]
+    )
+    assert message.splitlines()[1:] == ["  'a/x\\ny.png': r", "  a/ok.png: r"]
