@@ -13,7 +13,8 @@ model trained with `ImageFolder` lines up with ours), unless `metadata.json` at 
 have a training folder.
 
 Refused with an error naming them: a class folder the training split lacks (in the test split, or not in
-metadata.json), a listed class without a folder, a training class with no image, two test folders, and a
+metadata.json), a listed class without a folder, a training class with no image, two test folders, a split
+folder in two cases (`train/` and `Train/`: one would be skipped), and a
 class folder whose name is not UTF-8 text (bytes of another encoding) or holds a control character (a
 line break...): a class name reaches run.json, logs, tables and every answer of the service, which would
 fail on it or show it garbled.
@@ -253,6 +254,13 @@ def scan_folder(root: Path) -> FolderScan:
     walker = _Walker(root)
     top = walker.folders(str(root))
     by_name = {entry.name.casefold(): entry for entry in top}
+    for split_name in (TRAIN_FOLDER, *TEST_FOLDERS):
+        same = [entry.name + "/" for entry in top if entry.name.casefold() == split_name]
+        if len(same) > 1:  # one would be used and the other skipped: half the images gone, said in a count only
+            raise DatasetError(
+                f"{root} has {' and '.join(same)}: split folders are recognised in any case, so only one may exist; "
+                "merge them"
+            )
     train = by_name.get(TRAIN_FOLDER)
     tests = [by_name[name] for name in TEST_FOLDERS if name in by_name]
     if train is None and tests:

@@ -90,6 +90,12 @@ def test_layout_errors_name_the_problem(tmp_path):
         "two test splits": ({"train": {"cat": 1, "dog": 1}, "test": {"cat": 1}, "val": {"dog": 1}}, "test/ and val/"),
         "val without train": ({"val": {"cat": 1}}, "no train/ folder"),
         "no class folder": ({"train": {}}, "no class folder"),
+        # One of the two was used and the other skipped with a count in run.json: half the images gone.
+        "train in two cases": ({"train": {"cat": 1, "dog": 1}, "Train": {"cat": 1, "dog": 1}}, "Train/ and train/"),
+        "test in two cases": (
+            {"train": {"cat": 1, "dog": 1}, "TEST": {"cat": 1}, "test": {"dog": 1}},
+            "TEST/ and test/",
+        ),
     }
     for name, (splits, message) in cases.items():
         root = tmp_path / name.replace(" ", "_")
