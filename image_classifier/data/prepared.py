@@ -135,6 +135,11 @@ def _pool(processes: int) -> Iterator[concurrent.futures.Executor | None]:
     )
     try:
         yield executor
+    except concurrent.futures.process.BrokenProcessPool:
+        raise DatasetError(
+            "a worker process reading the images died (killed by the system: out of memory?); nothing prepared "
+            "is used: run again, with fewer processes or more memory"
+        ) from None
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -401,6 +406,7 @@ def _write_prepared(job: _Job, work: Path, target: Path) -> None:
     shape = (len(candidates), 3, image_size, image_size)
     if candidates:
         np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=shape).flush()
+        _reserve(images_path)
     processes = job.processes or _processes_for(len(candidates), DECODE_CHUNK)
     logger.info(
         "preparing %d files of %s at %d x %d with %d process(es) into %s",
@@ -474,6 +480,20 @@ def _write_prepared(job: _Job, work: Path, target: Path) -> None:
     )
 
 
+def _reserve(path: Path) -> None:
+    """Allocate every block of the (sparse) array file now. Pixels are written through a memory mapping, and
+    a mapped page that finds the disk full is a SIGBUS that kills the writer (the run itself, or a worker:
+    a traceback about a broken pool), never an error: reserved here, a full disk is an OSError, said in
+    one line by `prepare`."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: the mapping's writes are the only way to know
+        return
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(descriptor, 0, os.fstat(descriptor).st_size)
+    finally:
+        os.close(descriptor)
+
+
 def _row(file, digest: str) -> dict:
     return {"path": file.path, "sha256": digest, "label": file.label, "split": file.split}
 
@@ -483,6 +503,7 @@ def _compact(images_path: Path, good: list[int], shape: tuple[int, ...]) -> None
     source = np.load(images_path, mmap_mode="r")
     compact_path = images_path.with_name("compact.npy")
     target = np.lib.format.open_memmap(compact_path, mode="w+", dtype=np.uint8, shape=(len(good), *shape[1:]))
+    _reserve(compact_path)
     step = max(1, COPY_ROWS_BYTES // max(1, int(np.prod(shape[1:]))))
     for start in range(0, len(good), step):
         target[start : start + step] = source[good[start : start + step]]
