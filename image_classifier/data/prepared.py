@@ -138,7 +138,7 @@ def _pool(processes: int) -> Iterator[concurrent.futures.Executor | None]:
     except concurrent.futures.process.BrokenProcessPool:
         raise DatasetError(
             "a worker process reading the images died (killed by the system: out of memory?); nothing prepared "
-            "is used: run again, with fewer processes or more memory"
+            "is used: free some memory and run again"
         ) from None
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
