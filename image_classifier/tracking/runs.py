@@ -86,6 +86,7 @@ class CompareConfig:
     experiments_folder: Path
     runs: tuple[str, ...]
     plot: Path | None
+    format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -450,6 +451,21 @@ def compare_text(records: Sequence[RunRecord]) -> str:
     return "\n\n".join(parts)
 
 
+def compare_document(records: Sequence[RunRecord]) -> dict:
+    """What `compare` shows, for machines: every section's values listed in the order of the runs."""
+    specs = [record.spec.to_dict() if record.spec else {} for record in records]
+    model_keys = [key for key, _ in differing_model(records)]
+    metrics = [final_metrics(record) for record in records]
+    classes = list(dict.fromkeys(name for record in records for name in record.class_accuracy))
+    return {
+        "runs": [{"run": record.name, "status": record.status, "reason": record.reason} for record in records],
+        "model_differences": {key: [spec.get(key) for spec in specs] for key in model_keys},
+        "argument_differences": dict(differing_arguments(records)),
+        "final_metrics": {metric: [values[metric] for values in metrics] for metric in metrics[0]},
+        "class_accuracy": {name: [record.class_accuracy.get(name) for record in records] for name in classes},
+    }
+
+
 def write_comparison_plot(records: Sequence[RunRecord], path: Path) -> None:
     # matplotlib only when a plot is asked for: it is the slowest import here.
     from image_classifier.visualization.plot import plot_curves
@@ -463,10 +479,14 @@ def write_comparison_plot(records: Sequence[RunRecord], path: Path) -> None:
 
 def compare_command(config: CompareConfig) -> int:
     records = [find_run(config.experiments_folder, reference) for reference in config.runs]
-    print(compare_text(records))
+    if config.format == "json":
+        print(to_strict_json(compare_document(records)), end="")
+    else:
+        print(compare_text(records))
     if config.plot is not None:
         write_comparison_plot(records, config.plot)
-        print(f"\ncurves plotted to {config.plot}")
+        # stdout holds the JSON document alone, for the program that reads it
+        print(f"\ncurves plotted to {config.plot}", file=sys.stderr if config.format == "json" else sys.stdout)
     return 0
 
 
@@ -584,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--plot", type=Path, default=None, help="also write their loss and accuracy curves to " "this PNG file"
     )
+    compare.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
     register = commands.add_parser(
         "register",
@@ -630,7 +651,7 @@ def config_from_args(args: argparse.Namespace):
     if args.command == "show":
         return ShowConfig(folder, uri, args.run, args.format)
     if args.command == "compare":
-        return CompareConfig(folder, tuple(args.runs), args.plot)
+        return CompareConfig(folder, tuple(args.runs), args.plot, args.format)
     if args.command == "register":
         return RegisterConfig(folder, uri, args.run, args.name, tuple(args.aliases))
     if args.command == "alias":

@@ -256,6 +256,21 @@ def test_compare_shows_differences_side_by_side_and_plots_curves(trained_experim
     assert first != same  # different runs, different curves
 
 
+def test_compare_as_json_carries_what_the_text_shows(trained_experiments, capsys, tmp_path):
+    folder = str(trained_experiments)
+    argv = ["compare", "e/seed0", "e/seed1", "--experiments_folder", folder, "--format", "json"]
+    code, out, err = _run(capsys, *argv, "--plot", str(tmp_path / "c.png"))
+    assert code == 0 and "curves plotted to" in err  # stdout is the document alone
+    document = json.loads(out)
+    assert [run["run"] for run in document["runs"]] == ["e/seed0", "e/seed1"]
+    assert document["model_differences"] == {} and document["argument_differences"] == {"seed": [0, 1]}
+    metrics = [_metrics(trained_experiments, run) for run in ("seed0", "seed1")]
+    assert document["final_metrics"]["test_accuracy"] == [m["test_accuracy"] for m in metrics]
+    assert document["final_metrics"]["epochs"] == [2, 2]
+    assert document["class_accuracy"]["plane"] == [m["class_accuracy"]["plane"] for m in metrics]
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_compare_needs_two_runs_and_a_writable_plot(trained_experiments, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "e/seed0", "--experiments_folder", str(trained_experiments)])
