@@ -19,9 +19,17 @@ export DB_PASSWORD
 .DEFAULT_GOAL := help
 .PHONY: help requirements lock lint format test test-fast data images train demo demo-folder example reproduce bench bench-folders build docker-build docker-test clean
 
+# The variables a `## ` line may name as $(NAME): `make help` shows their values instead.
+HELP_VARIABLES := PYTHON VENV DATASET SAMPLE_DATASET SAMPLE_IMAGES EXPERIMENTS EXPERIMENT
+
 ## Show this help
 help:
-	@awk '/^## / { doc = substr($$0, 4); next } /^[a-zA-Z_-]+:/ && doc { split($$0, target, ":"); printf "  %-14s %s\n", target[1], doc } { doc = "" }' $(MAKEFILE_LIST)
+	@$(foreach name,$(HELP_VARIABLES),$(name)='$($(name))') awk '\
+		/^## / { doc = substr($$0, 4); \
+			while (match(doc, /\$$\([A-Za-z_]+\)/) && (substr(doc, RSTART + 2, RLENGTH - 3) in ENVIRON)) \
+				doc = substr(doc, 1, RSTART - 1) ENVIRON[substr(doc, RSTART + 2, RLENGTH - 3)] substr(doc, RSTART + RLENGTH); \
+			next } \
+		/^[a-zA-Z_-]+:/ && doc { split($$0, target, ":"); printf "  %-14s %s\n", target[1], doc } { doc = "" }' $(MAKEFILE_LIST)
 
 # The lock files install on one platform only: say so at once rather than after minutes of pip.
 $(BIN)/python:
