@@ -79,14 +79,14 @@ test-fast: $(VENV)/.dev-installed
 data: $(SAMPLE_DATASET)/metadata.json
 
 $(SAMPLE_DATASET)/metadata.json: | $(VENV)/.prod-installed
-	$(BIN)/python -m image_classifier.data.synthetic --output $(SAMPLE_DATASET) --train-size 5000 --test-size 1000 --seed 0
+	$(BIN)/python -m image_classifier.data.synthetic --output $(SAMPLE_DATASET) --train_size 5000 --test_size 1000 --seed 0
 
 ## Generate a sample image folder (PNG and JPEG of mixed sizes and modes) into $(SAMPLE_IMAGES) if it is missing
 images: $(SAMPLE_IMAGES)/train
 
 $(SAMPLE_IMAGES)/train: | $(VENV)/.prod-installed
-	$(BIN)/python -m image_classifier.data.synthetic --image-folder --output $(SAMPLE_IMAGES) --train-size 1000 \
-		--test-size 200 --min-side 20 --max-side 72 --seed 0
+	$(BIN)/python -m image_classifier.data.synthetic --image_folder --output $(SAMPLE_IMAGES) --train_size 1000 \
+		--test_size 200 --min_side 20 --max_side 72 --seed 0
 
 ## Train on $(DATASET) (default: the real CIFAR-10); set EXPERIMENT, RUN and TRAIN_ARGS to change the run
 train: $(VENV)/.prod-installed

@@ -6,6 +6,7 @@ Nothing here imports torch, so `--help` and usage errors answer at once in every
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import logging
 import math
@@ -68,6 +69,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.required or action.default is None or action.default is False:
             return action.help or ""
         return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        # A hyphen spelling kept for earlier versions (--train-size beside --train_size) works, unlisted.
+        shown = [s for s in action.option_strings if not _is_hyphen_alias(s, action.option_strings)]
+        if len(shown) == len(action.option_strings):
+            return super()._format_action_invocation(action)
+        return super()._format_action_invocation(_with_strings(action, shown))
+
+
+def _is_hyphen_alias(option: str, option_strings: Sequence[str]) -> bool:
+    """--train-size when --train_size is a spelling of the same option."""
+    return option.startswith("--") and "-" in option[2:] and "--" + option[2:].replace("-", "_") in option_strings
+
+
+def _with_strings(action: argparse.Action, option_strings: list[str]) -> argparse.Action:
+    shown = copy.copy(action)
+    shown.option_strings = option_strings
+    return shown
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
