@@ -448,7 +448,13 @@ def _check_same_weights(session: TrainingSession) -> None:
     digests = session.runtime.gather(weights_digest(session.model))
     if len(set(digests)) != 1:
         raise DistributedRunError(f"the processes ended with different weights (sha256 by rank: {digests})")
-    logger.info("weights identical on all %d processes (sha256 %s)", len(digests), digests[0])
+    # Not model.pth's sha256: that hashes the file (a zip archive), this the tensors' bytes.
+    logger.info(
+        "weights identical on all %d processes (sha256 of the weight tensors %s; model.pth's sha256, of the "
+        "file, is in run.json)",
+        len(digests),
+        digests[0],
+    )
 
 
 def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | None = None) -> Path:
