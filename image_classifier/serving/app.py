@@ -165,13 +165,13 @@ def _lifespan(state: ServiceState, hangup_before_start: Callable[[], bool]):
             _keep(state, loop.create_task(on_sighup(state, reloadable, "SIGHUP during start-up")))
         periodic = loop.create_task(reload_every(state)) if reloadable and settings.reload_every else None
         logger.info("serving %s (sha256 %s)", settings.model.model, state.model.info.sha256[:12])
-        collector = freeze_startup_objects()  # its full passes would otherwise stall every request (heap.py)
+        freeze_startup_objects()  # the collector's full passes would otherwise stall every request (heap.py)
         state.metrics.gc_pauses.start()
         try:
             yield
         finally:
             state.metrics.gc_pauses.stop()
-            unfreeze(collector)
+            unfreeze()
             if on_signal:
                 loop.remove_signal_handler(signal.SIGHUP)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not the default action (death) while stopping

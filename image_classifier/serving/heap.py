@@ -7,12 +7,14 @@ came every 2 seconds, and every request in progress waited: they were most of th
 clients (README "Load").
 Objects that live from start-up to exit (modules, the model, the app) need never be walked: moved to the
 collector's permanent generation once the service is ready (`gc.freeze`), a full collection walks only what
-was created since, a few milliseconds. What requests create is collected as before (if less often, below).
+was created since, a few milliseconds. Nothing changes for what requests create: it is collected as before.
 A frozen object that is dropped later (the start-up model, when a reload swaps in another) is still freed by
 reference counting, as long as no reference cycle runs through it (a test holds that for the served model).
 
-Under load the youngest generation was then collected about a hundred times a second, most of the pauses that
-remained: it is now collected less often (YOUNG_THRESHOLD).
+The youngest generation keeps Python's threshold (700 objects): collected less often (10,000), its pauses under
+load fell from 100-150 ms to 0-7 ms per 3,200 requests, but a refused upload leaves its bytes in a reference
+cycle (the error's traceback holds the frames that held them) until the collector runs, and at 10,000 that
+was some 90 refused requests' bodies instead of a few: more than the memory bound allows.
 
 The pauses themselves are timed (CollectorPauses) and exported with the metrics, so that a stall of this kind
 shows in /metrics rather than only in a client's p99.
@@ -27,27 +29,15 @@ import time
 logger = logging.getLogger(__name__)
 
 
-# The youngest generation is collected once this many more tracked objects have been allocated than freed
-# (Python's default is 700). The requests in progress hold a few thousand between them, so at 700 it ran
-# about a hundred times a second under load: 100-150 ms of pauses per 3,200 requests at 32 clients, against
-# 0-7 ms at this threshold. Cyclic garbage waits for at most this many objects more: a few megabytes.
-YOUNG_THRESHOLD = 10_000
-
-
-def freeze_startup_objects() -> tuple[int, int, int]:
-    """Collect what start-up left behind, exempt everything still alive from later collections, and collect
-    the youngest generation less often; return the thresholds to restore."""
-    previous = gc.get_threshold()
+def freeze_startup_objects() -> None:
+    """Collect what start-up left behind, then exempt everything still alive from later collections."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(YOUNG_THRESHOLD, previous[1], previous[2])
     logger.debug("%d objects from start-up exempt from garbage collection", gc.get_freeze_count())
-    return previous
 
 
-def unfreeze(previous: tuple[int, int, int]) -> None:
+def unfreeze() -> None:
     """At stop: an app run in another process's lifetime (tests) hands its objects back to the collector."""
-    gc.set_threshold(*previous)
     gc.unfreeze()
 
 
