@@ -12,9 +12,9 @@ A frozen object that is dropped later (the start-up model, when a reload swaps i
 reference counting, as long as no reference cycle runs through it (a test holds that for the served model).
 
 The youngest generation keeps Python's threshold (700 objects): collected less often (10,000), its pauses under
-load fell from 100-150 ms to 0-7 ms per 3,200 requests, but a refused upload leaves its bytes in a reference
-cycle (the error's traceback holds the frames that held them) until the collector runs, and at 10,000 that
-was some 90 refused requests' bodies instead of a few: more than the memory bound allows.
+load fell from 100-150 ms to 0-7 ms per 3,200 requests, but cyclic garbage would then wait for about 14 times
+as many objects, and the memory bound (README "Bounds") counts a request's bytes only while it lives: any
+path that leaves them in a reference cycle would hold them that much longer.
 
 The pauses themselves are timed (CollectorPauses) and exported with the metrics, so that a stall of this kind
 shows in /metrics rather than only in a client's p99.
