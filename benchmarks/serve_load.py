@@ -1,6 +1,7 @@
 """Load on image_classifier_serve: requests/s and latency, with and without server-side batching.
 
     python benchmarks/serve_load.py [--model experiments/local_exp_test/run_1] [--clients 1,8,32] [--requests 100]
+    python benchmarks/serve_load.py --workers 2    # each service with --workers 2: compare with --workers 1
 
 Starts two services on 127.0.0.1 (free ports) from the same model: the default settings (batching up to 32
 images a forward pass) and `--max_batch_size 1` (one image a forward pass). Against each, for 1, 8 and 32
@@ -132,19 +133,23 @@ async def load(port: int, request: bytes, clients: int, count: int) -> tuple[flo
 
 
 def server_cpu_seconds(pid: int) -> float:
-    """CPU time of a process's threads so far, from /proc (Linux): schedstat counts nanoseconds, where
-    /proc/PID/stat counts 10 ms ticks."""
+    """CPU time of a process's threads so far, and of its worker processes' (--workers), from /proc (Linux):
+    schedstat counts nanoseconds, where /proc/PID/stat counts 10 ms ticks."""
     total_ns = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
             total_ns += int((task / "schedstat").read_text().split()[0])
-    return total_ns / 1e9
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return total_ns / 1e9 + sum(server_cpu_seconds(int(child)) for child in children)
 
 
 def batch_counters(port: int) -> tuple[float, float]:
-    """(forward passes, images) so far, from the service's /metrics."""
+    """(forward passes, images) so far, from the service's /metrics; none with --workers > 1, where a scrape
+    shows the counters of the one worker that answered it."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
         text = answer.read().decode()
+    if "image_classifier_worker_info" in text:
+        return 0.0, 0.0
     values = {
         line.split()[0]: float(line.split()[1])
         for line in text.splitlines()
@@ -188,10 +193,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="requests per client, after the warm-up")
     parser.add_argument("--warmup", type=int, default=10, help="requests per client not measured")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every measurement; the best is shown")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of each service (its --workers)")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     png = test_png()
     servers = {"batching (default)": [], "one at a time (--max_batch_size 1)": ["--max_batch_size", "1"]}
+    workers = ["--workers", str(args.workers)] if args.workers != 1 else []
     plan = [(server, route, count) for count in clients for server in servers for route in ("/predict", "/health")]
     plan = [(server, route, count) for server, route, count in plan if route == "/predict" or not servers[server]]
     best: dict[tuple, Result] = {}
@@ -199,7 +206,8 @@ def main() -> None:
         ports, processes = {}, {}
         try:
             for index, (server, extra) in enumerate(servers.items()):
-                processes[server], ports[server] = start_server(args.model, extra, Path(logs) / f"{index}.log")
+                log = Path(logs) / f"{index}.log"
+                processes[server], ports[server] = start_server(args.model, [*extra, *workers], log)
             # Every measurement is repeated, interleaved with the others, and the best kept: the machine's
             # other work makes single runs vary by 20-35 %.
             for _ in range(args.repeats):
@@ -216,6 +224,7 @@ def main() -> None:
                 stop_server(process)
     results = list(best.values())
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python {platform.python_version()}")
+    print(f"--workers {args.workers} (server CPU: the supervisor's and all its workers')")
     print(
         f"{args.requests} requests per client (after {args.warmup} warm-up), one keep-alive connection each; "
         f"best of {args.repeats} interleaved runs\n"
