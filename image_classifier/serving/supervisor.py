@@ -66,7 +66,9 @@ def bind(host: str, port: int) -> socket.socket:
     """The listening socket that every worker shares, bound as uvicorn binds its own. It starts listening when
     the first worker serves (asyncio calls listen()): until then a client is refused, not kept waiting."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections whose socket says TCP. Without it,
+    # Nagle's algorithm and delayed ACKs held every keep-alive answer about 40 ms.
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))
@@ -196,7 +198,9 @@ def _watch(workers: dict[int, int], graceful_timeout: float) -> int:
                 )
                 for other in workers:
                     _signal(other, signal.SIGTERM)
-            elif code != 0:
+            elif code in (0, -signal.SIGTERM, -signal.SIGINT):  # the latter: stopped while still starting
+                logger.debug("worker %d (pid %d) %s", number, pid, how)
+            else:
                 failed = True
                 logger.error("worker %d (pid %d) %s while stopping", number, pid, how)
         if kill_at is not None and time.monotonic() > kill_at and workers:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import command
 from tests.serving.conftest import (
     metric_samples,
     metric_value,
@@ -299,3 +301,38 @@ def with_suppressed_reset(action) -> None:
         action()
     except (ConnectionResetError, BrokenPipeError):  # the killed worker's connections
         pass
+
+
+def test_ctrl_c_stops_both_workers_once_and_exits_0(trained_run, tmp_path):
+    """SIGINT to the supervisor (a terminal's Ctrl-C reaches only it: the workers have process groups of their
+    own) is passed on once: a graceful stop, not uvicorn's forced one of a second Ctrl-C."""
+    with running_server(tmp_path, "--model", str(trained_run), "--workers", "2") as server:
+        workers = children(server.process.pid)
+        assert all(os.getpgid(pid) != os.getpgid(server.process.pid) for pid in workers)
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=120) == 0, server.log()
+    assert not any(alive(pid) for pid in workers)
+    assert server.log().count("stopped by SIGINT") == 2
+
+
+def test_the_workers_stop_when_the_supervisor_is_killed(trained_run, tmp_path):
+    with running_server(tmp_path, "--model", str(trained_run), "--workers", "2") as server:
+        workers = children(server.process.pid)
+        server.process.kill()
+        server.process.wait(timeout=60)
+        wait_for(lambda: not any(alive(pid) for pid in workers), "both workers to end")
+        wait_for(lambda: refuses_connections(server), "the port to close")
+    assert server.log().count("stopped by SIGTERM") == 2
+
+
+def test_a_bad_model_with_two_workers_is_an_error_line_and_exit_status_1(tmp_path):
+    result = subprocess.run(
+        [command("image_classifier_serve"), "--model", str(tmp_path / "missing"), "--workers", "2", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"error: no model at {tmp_path / 'missing'}" in result.stderr
+    assert "exited with status 1: stopping the service" in result.stderr
+    assert "Traceback" not in result.stderr
