@@ -111,8 +111,11 @@ def _open(payload: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(payload), formats=FORMATS)
     except UnidentifiedImageError:
         raise ImageError(f"not an image in a supported format ({', '.join(FORMATS)})", status=415) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large: {exc}", status=413) from None
+    except Image.DecompressionBombError:
+        # Pillow refuses past twice its own MAX_IMAGE_PIXELS before we see the size: name our limit anyway.
+        raise ImageError(
+            f"image too large: it declares more than the limit of {max_pixels:,} pixels", status=413
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"the image cannot be read (truncated or corrupt): {_first_line(exc)}") from None
     width, height = image.size
