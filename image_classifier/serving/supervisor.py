@@ -132,8 +132,8 @@ def _become_worker(
     try:
         os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the supervisor only, which passes it on once
         _stop_when_the_supervisor_dies()
-        for number_ in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(number_, signal.SIG_DFL)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)  # until uvicorn installs its own: a stop while loading ends it
         # SIGHUP keeps the handler inherited from the command's first line (HangupsDuringStartup).
         _name_log_lines(number)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
