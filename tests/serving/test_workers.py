@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -336,3 +337,20 @@ def test_a_bad_model_with_two_workers_is_an_error_line_and_exit_status_1(tmp_pat
     assert f"error: no model at {tmp_path / 'missing'}" in result.stderr
     assert "exited with status 1: stopping the service" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_worker_whose_inference_thread_dies_stops_the_service_with_status_1(trained_run, offline, tmp_path):
+    """The fault of test_serve's single-worker test, in a service of two: the worker that meets it exits 1 on
+    its own, and the supervisor stops the other and exits 1."""
+    from tests.serving.test_serve import KILL_THE_WORKER
+
+    program = [sys.executable, "-c", KILL_THE_WORKER]
+    with running_server(tmp_path, "--model", str(trained_run), "--workers", "2", program=program) as server:
+        workers = children(server.process.pid)
+        answer = post(server.url, png_bytes(offline.images[0]))
+        assert answer.status_code == 503 and "the inference worker stopped" in answer.json()["error"]
+        assert server.process.wait(timeout=120) == 1, server.log()
+    log = server.log()
+    assert "exiting with status 1: the inference worker died (WorkerKilled: injected by the test)" in log
+    assert "exited with status 1: stopping the service (exit status 1)" in log
+    assert not any(alive(pid) for pid in workers)
