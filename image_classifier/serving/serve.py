@@ -40,7 +40,7 @@ from image_classifier.data.database import Secret
 from image_classifier.serving.options import add_image_options, add_model_options, model_request_from
 from image_classifier.serving.registry_client import is_alias_uri
 from image_classifier.serving.settings import DEFAULT_MAX_REQUEST_PIXELS, ServeSettings
-from image_classifier.serving.supervisor import ACCEPTS_PER_TURN, supervise
+from image_classifier.serving.supervisor import supervise, worker_backlog
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def serve(
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.graceful_timeout,
         server_header=False,
-        **({} if listener is None else {"backlog": ACCEPTS_PER_TURN}),  # the supervisor's socket keeps its own
+        **({} if listener is None else {"backlog": worker_backlog()}),  # the supervisor's socket keeps its own
     )
     server = _stoppable_server(config, on_stop=state.begin_stop)
     state.request_exit = lambda: setattr(server, "should_exit", True)

@@ -31,6 +31,7 @@ process: the token would have to be pickled, which `Secret` refuses.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
 import signal
@@ -77,6 +78,14 @@ def bind(host: str, port: int) -> socket.socket:
         raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     listener.set_inheritable(True)
     return listener
+
+
+def worker_backlog() -> int:
+    """The backlog a worker's uvicorn passes to create_server: ACCEPTS_PER_TURN on asyncio's event loop. uvicorn
+    runs uvloop instead when it is installed (not in our lock files), whose libuv calls listen() itself, past
+    SharedListener: there a backlog of 1 would shrink the shared queue, so the full one is kept (and a burst of
+    connections may then land on one worker)."""
+    return LISTEN_BACKLOG if importlib.util.find_spec("uvloop") is not None else ACCEPTS_PER_TURN
 
 
 class SharedListener(socket.socket):
