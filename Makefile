@@ -19,9 +19,17 @@ export DB_PASSWORD
 .DEFAULT_GOAL := help
 .PHONY: help requirements lock lint format test test-fast data images train demo demo-folder example reproduce bench bench-folders build docker-build docker-test clean
 
+# The variables a `## ` line may name as $(NAME): `make help` shows their values instead.
+HELP_VARIABLES := PYTHON VENV DATASET SAMPLE_DATASET SAMPLE_IMAGES EXPERIMENTS EXPERIMENT
+
 ## Show this help
 help:
-	@awk '/^## / { doc = substr($$0, 4); next } /^[a-zA-Z_-]+:/ && doc { split($$0, target, ":"); printf "  %-14s %s\n", target[1], doc } { doc = "" }' $(MAKEFILE_LIST)
+	@$(foreach name,$(HELP_VARIABLES),$(name)='$($(name))') awk '\
+		/^## / { doc = substr($$0, 4); \
+			while (match(doc, /\$$\([A-Za-z_]+\)/) && (substr(doc, RSTART + 2, RLENGTH - 3) in ENVIRON)) \
+				doc = substr(doc, 1, RSTART - 1) ENVIRON[substr(doc, RSTART + 2, RLENGTH - 3)] substr(doc, RSTART + RLENGTH); \
+			next } \
+		/^[a-zA-Z_-]+:/ && doc { split($$0, target, ":"); printf "  %-14s %s\n", target[1], doc } { doc = "" }' $(MAKEFILE_LIST)
 
 # The lock files install on one platform only: say so at once rather than after minutes of pip.
 $(BIN)/python:
@@ -71,14 +79,14 @@ test-fast: $(VENV)/.dev-installed
 data: $(SAMPLE_DATASET)/metadata.json
 
 $(SAMPLE_DATASET)/metadata.json: | $(VENV)/.prod-installed
-	$(BIN)/python -m image_classifier.data.synthetic --output $(SAMPLE_DATASET) --train-size 5000 --test-size 1000 --seed 0
+	$(BIN)/python -m image_classifier.data.synthetic --output $(SAMPLE_DATASET) --train_size 5000 --test_size 1000 --seed 0
 
 ## Generate a sample image folder (PNG and JPEG of mixed sizes and modes) into $(SAMPLE_IMAGES) if it is missing
 images: $(SAMPLE_IMAGES)/train
 
 $(SAMPLE_IMAGES)/train: | $(VENV)/.prod-installed
-	$(BIN)/python -m image_classifier.data.synthetic --image-folder --output $(SAMPLE_IMAGES) --train-size 1000 \
-		--test-size 200 --min-side 20 --max-side 72 --seed 0
+	$(BIN)/python -m image_classifier.data.synthetic --image_folder --output $(SAMPLE_IMAGES) --train_size 1000 \
+		--test_size 200 --min_side 20 --max_side 72 --seed 0
 
 ## Train on $(DATASET) (default: the real CIFAR-10); set EXPERIMENT, RUN and TRAIN_ARGS to change the run
 train: $(VENV)/.prod-installed

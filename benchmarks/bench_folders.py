@@ -93,8 +93,8 @@ def generate(folder: Path, images: int) -> None:
     test = images // 5
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "image_classifier.data.synthetic", "--image-folder", "--output", str(folder)]
-        + ["--train-size", str(images - test), "--test-size", str(test), "--min-side", "24", "--max-side", "64"],
+        [sys.executable, "-m", "image_classifier.data.synthetic", "--image_folder", "--output", str(folder)]
+        + ["--train_size", str(images - test), "--test_size", str(test), "--min_side", "24", "--max_side", "64"],
         cwd=REPO,
         check=True,
     )

@@ -133,9 +133,9 @@ def main() -> int:
     if not (folder / "train").is_dir():
         test = args.images // 5
         subprocess.run(
-            [sys.executable, "-m", "image_classifier.data.synthetic", "--image-folder", "--output", str(folder)]
-            + ["--train-size", str(args.images - test), "--test-size", str(test), "--min-side", "24"]
-            + ["--max-side", "64"],
+            [sys.executable, "-m", "image_classifier.data.synthetic", "--image_folder", "--output", str(folder)]
+            + ["--train_size", str(args.images - test), "--test_size", str(test), "--min_side", "24"]
+            + ["--max_side", "64"],
             cwd=REPO,
             check=True,
         )

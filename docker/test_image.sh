@@ -166,7 +166,7 @@ installed="$(docker run --rm --entrypoint python "$IMAGE" -c \
 log "training in a container, as .github/workflows/training.yaml does"
 run="$WORK/run"
 mkdir -p "$run/data" "$run/experiments"
-"$PYTHON" -m image_classifier.data.synthetic --output "$run/data/sample_dataset" --train-size 500 --test-size 100
+"$PYTHON" -m image_classifier.data.synthetic --output "$run/data/sample_dataset" --train_size 500 --test_size 100
 # CI runs as root; train as GitHub's runner user (uid 1001), which owns the workspace there.
 run_as="$(id -u):$(id -g)"
 if [ "$(id -u)" -eq 0 ]; then

@@ -6,6 +6,7 @@ Nothing here imports torch, so `--help` and usage errors answer at once in every
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import logging
 import math
@@ -68,6 +69,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.required or action.default is None or action.default is False:
             return action.help or ""
         return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        # A hyphen spelling kept for earlier versions (--train-size beside --train_size) works, unlisted.
+        shown = [s for s in action.option_strings if not _is_hyphen_alias(s, action.option_strings)]
+        if len(shown) == len(action.option_strings):
+            return super()._format_action_invocation(action)
+        return super()._format_action_invocation(_with_strings(action, shown))
+
+
+def _is_hyphen_alias(option: str, option_strings: Sequence[str]) -> bool:
+    """--train-size when --train_size is a spelling of the same option."""
+    return option.startswith("--") and "-" in option[2:] and "--" + option[2:].replace("-", "_") in option_strings
+
+
+def _with_strings(action: argparse.Action, option_strings: list[str]) -> argparse.Action:
+    shown = copy.copy(action)
+    shown.option_strings = option_strings
+    return shown
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -138,6 +157,10 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._given: list[str] = []
         self._position = 0  # of this parser's first argument on the whole command line (subcommands)
+        # For a subcommand's parser: its name and the options of its sibling subcommands, so that an option
+        # given to the wrong subcommand is named as such rather than as an unknown one.
+        self._subcommand_name = ""
+        self._sibling_options: dict[str, list[str]] = {}
 
     def parse_args(self, args: Sequence[str] | None = None, namespace=None) -> argparse.Namespace:
         namespace, extras = self.parse_known_args(args, namespace)
@@ -196,6 +219,10 @@ class ArgumentParser(argparse.ArgumentParser):
                 subcommand = _subcommands(self).get(token)
                 if subcommand is not None and expects_value is None:
                     subcommand._position, subcommand._given = position, list(tokens[index + 1 :])
+                    subcommand._subcommand_name = token
+                    subcommand._sibling_options = {
+                        name: sorted(_option_actions(sibling)) for name, sibling in _subcommands(self).items()
+                    }
                     return subcommand._first_problem(tokens[index + 1 :])
                 expects_value = None
                 continue
@@ -227,6 +254,12 @@ class ArgumentParser(argparse.ArgumentParser):
                 f"argument {position} holds an option and a value in one (not shown): pass {head} VALUE as two "
                 f"arguments, or {head}=VALUE"
             )
+        owners = [name for name, options in self._sibling_options.items() if head in options]
+        if owners:  # an option of another subcommand: its name is the parser's own text, safe to show
+            return (
+                f"{head} in argument {position} is not an option of {self._subcommand_name} "
+                f"(it is one of {', '.join(owners)})"
+            )
         prefix = max(
             (name for name in known if 2 < len(name) < len(head) and head.startswith(name)), key=len, default=None
         )
@@ -235,7 +268,9 @@ class ArgumentParser(argparse.ArgumentParser):
                 f"unrecognized option in argument {position} (not shown): it starts with {prefix}; give its value "
                 f"as {prefix} VALUE or {prefix}=VALUE"
             )
-        close = difflib.get_close_matches(head, [name for name in known if name.startswith("--")], n=1)
+        # Never the option itself: "did you mean --format?" for --format tells nothing.
+        candidates = [name for name in known if name.startswith("--") and name != head]
+        close = difflib.get_close_matches(head, candidates, n=1)
         return f"unrecognized option in argument {position} (not shown" + (
             f"; did you mean {close[0]}?)" if close else ")"
         )

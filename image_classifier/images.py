@@ -7,7 +7,9 @@ The one conversion rule (the README's "Serving predictions" states it too):
 1. only PNG, JPEG, BMP, GIF and WebP are decoded (the first frame of an animation); the declared size is
    checked against a pixel limit *before* any pixel is decoded, so a small file that declares a huge image
    (a decompression bomb) is refused without using the memory; a truncated file is an error, never padded;
-2. the EXIF orientation, when there is one, is applied (a phone photo is upright, as it is shown);
+2. the EXIF orientation, when there is one, is applied (a phone photo is upright, as it is shown); EXIF that
+   cannot be read (or whose orientation is no valid number) turns nothing: only the pixels decide whether an
+   image is good, and the rest of the EXIF block is neither checked nor rewritten;
 3. 16-bit images keep their high byte, v >> 8: that is what Pillow does with 16-bit colour PNGs as it reads
    them, and 16-bit grey follows the same rule (an 8-bit image scaled to 16 bits, v8 * 257, gets v8 back);
 4. transparency (an alpha channel, a transparent palette entry, or a PNG's tRNS colour, compared at the
@@ -25,10 +27,11 @@ about 8 bytes a pixel more); each image is released as soon as the next step has
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import PIL
-from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageChops, UnidentifiedImageError
 
 from image_classifier.errors import ImageError
 
@@ -47,6 +50,18 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _STRIP_PIXELS = 1 << 18
 # PNG rawmodes of grey below 8 bits: Pillow scales the pixels to 0-255 but keeps the tRNS value unscaled.
 _SCALED_GREY = {"L;2": 255 // 3, "L;4": 255 // 15}
+# EXIF orientation -> the transposition that shows the image upright (ImageOps.exif_transpose's table).
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+logger = logging.getLogger(__name__)
 
 
 def decode_image(
@@ -84,6 +99,10 @@ def convert_image(image: Image.Image, image_size: int = DEFAULT_IMAGE_SIZE) -> n
         # Pillow reports a truncated or corrupt stream as OSError ("image file is truncated"), SyntaxError
         # (broken PNG chunks) or ValueError, only when the pixels are decoded.
         raise ImageError(f"the image cannot be decoded (truncated or corrupt): {_first_line(exc)}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see _unexpected
+        raise _unexpected(exc, "decoded") from None
     finally:
         image.close()
 
@@ -118,6 +137,10 @@ def _open(payload: bytes, max_pixels: int) -> Image.Image:
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"the image cannot be read (truncated or corrupt): {_first_line(exc)}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see _unexpected
+        raise _unexpected(exc, "read") from None
     width, height = image.size
     if width < 1 or height < 1:
         image.close()
@@ -145,7 +168,7 @@ def _to_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     _release_decoder(image)
     if low_bytes_match is not None:
         _composite_key(image, key, low_bytes_match)
-    ImageOps.exif_transpose(image, in_place=True)  # a new copy only when there is something to turn
+    image = _upright(image)
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _sixteen_bit_to_grey(image)
     if image.mode == "RGB" and "transparency" not in image.info:
@@ -162,6 +185,29 @@ def _to_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     if rgb.size != size:
         rgb = _replace(rgb, rgb.resize(size, RESAMPLING))
     return rgb
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (the same one when there is nothing to turn).
+
+    Not ImageOps.exif_transpose: after turning, it writes the whole EXIF block back without the orientation,
+    and a block with one mistyped tag (a camera's or an editor's) makes that raise TypeError, AttributeError or
+    struct.error, about metadata the model never sees.
+    """
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        method = _ORIENTATIONS.get(orientation)
+    except Exception as exc:  # noqa: BLE001 - an EXIF block Pillow cannot parse: not the pixels' fault
+        logger.debug("EXIF not read (%s): orientation not applied", _first_line(exc))
+        return image
+    return image if method is None else _replace(image, image.transpose(method))
+
+
+def _unexpected(exc: Exception, done: str) -> ImageError:
+    """Any other exception from Pillow on these bytes: an image file is untrusted input, and Pillow's plugins
+    have raised IndexError, TypeError, struct.error... on crafted files. A bad image, never a crash of the
+    whole preparation (or a 500)."""
+    return ImageError(f"the image cannot be {done} (corrupt): {type(exc).__name__}: {_first_line(exc)}")
 
 
 def _release_decoder(image: Image.Image) -> None:

@@ -40,14 +40,21 @@ def differences(before: dict, after: dict, ignore: tuple[str, ...] = ()) -> list
     ]
 
 
+def shown_path(path: str) -> str:
+    """A file's path for one line of text: as it is, or escaped (Python's ascii()) when it holds a control
+    character (a line break would forge lines) or bytes that were not UTF-8 (which a strict UTF-8 output,
+    such as stdout under most locales, cannot write)."""
+    return path if path.isprintable() else ascii(path)
+
+
 def dataset_file_differences(before: dict | None, after: dict | None, limit: int = 20) -> list[str]:
     """What changed between two runs' image-folder manifests (run.json's "dataset_manifest"), file by file:
     `changed: <path>` (other bytes), `added:`, `removed:`, `relabelled:` (other class or split)."""
     before_files = (before or {}).get("files") or {}
     after_files = (after or {}).get("files") or {}
     lines = []
-    for path in sorted(before_files.keys() | after_files.keys()):
-        old, new = before_files.get(path), after_files.get(path)
+    for name in sorted(before_files.keys() | after_files.keys()):
+        old, new, path = before_files.get(name), after_files.get(name), shown_path(name)
         if old is None:
             lines.append(f"added: {path}")
         elif new is None:

@@ -80,6 +80,7 @@ logger = logging.getLogger(__name__)
 # (too little work per kernel to share). While other work loads the machine, 2 threads are 3x to 30x
 # slower at every batch size (each kernel waits for a descheduled partner): `--num_threads 1` there.
 SINGLE_THREAD_BELOW_BATCH = 128
+DATASET_MANIFEST_KEY = "dataset_manifest"  # run.json's list of an image folder's files
 
 
 def torch_threads_for(config: TrainConfig) -> int:
@@ -130,7 +131,9 @@ class RunState:
     """What changes as the run goes on; saved in every checkpoint."""
 
     progress: EpochProgress
-    manifest: dict  # what run.json says; kept in the checkpoint, so a resume never depends on run.json
+    # What run.json says; kept in the checkpoint (but for an image folder's list of files, see
+    # `TrainingSession.checkpoint`), so a resume never depends on run.json.
+    manifest: dict
     order: torch.Tensor | None = None  # this epoch's data order, drawn when the epoch starts
     history: list[dict] = dataclasses.field(default_factory=list)
 
@@ -197,7 +200,10 @@ class TrainingSession:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "progress": dataclasses.asdict(state.progress),
-            "manifest": state.manifest,
+            # Without an image folder's list of files: about 150 bytes a file (150 MB for a million images),
+            # pickled again at every checkpoint. The dataset's hash above holds a resume to the same files,
+            # and `restore` puts the list back from them.
+            "manifest": {key: value for key, value in state.manifest.items() if key != DATASET_MANIFEST_KEY},
             "order": state.order,
             "history": state.history,
             "rng": rng,
@@ -216,9 +222,12 @@ class TrainingSession:
         progress = EpochProgress(**checkpoint["progress"])
         if "rank_losses" in checkpoint:
             progress.loss_sum, progress.window_loss_sum = checkpoint["rank_losses"][self.runtime.rank]
+        manifest = dict(checkpoint["manifest"])
+        if self.data.manifest is not None:  # the same files: check_dataset compared their hash first
+            manifest[DATASET_MANIFEST_KEY] = self.data.manifest
         return RunState(
             progress=progress,
-            manifest=checkpoint["manifest"],
+            manifest=manifest,
             order=checkpoint["order"],
             history=list(checkpoint["history"]),
         )
@@ -371,7 +380,7 @@ def _new_manifest(
     if augment is not None:
         manifest["augmentation"] = augment.record()
     if data.manifest is not None:  # every file of an image folder: last, as it is long
-        manifest["dataset_manifest"] = data.manifest
+        manifest[DATASET_MANIFEST_KEY] = data.manifest
     return manifest
 
 
@@ -439,7 +448,13 @@ def _check_same_weights(session: TrainingSession) -> None:
     digests = session.runtime.gather(weights_digest(session.model))
     if len(set(digests)) != 1:
         raise DistributedRunError(f"the processes ended with different weights (sha256 by rank: {digests})")
-    logger.info("weights identical on all %d processes (sha256 %s)", len(digests), digests[0])
+    # Not model.pth's sha256: that hashes the file (a zip archive), this the tensors' bytes.
+    logger.info(
+        "weights identical on all %d processes (sha256 of the weight tensors %s; model.pth's sha256, of the "
+        "file, is in run.json)",
+        len(digests),
+        digests[0],
+    )
 
 
 def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | None = None) -> Path:

@@ -5,13 +5,18 @@ this environment's interpreter, so the launcher and every process it starts run 
 """
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from image_classifier.distributed import weights_digest
+from image_classifier.model.model import Net
 from image_classifier.reproduce import TIMING_FIELDS
+from image_classifier.run_dir import sha256_of
 from tests.conftest import PASSWORD, REPO_ROOT, command, run_command, run_trainer, trainer_args
 
 pytestmark = pytest.mark.slow
@@ -48,6 +53,19 @@ def two_process_run(dataset, tmp_path_factory):
 def test_two_processes_train_one_model_that_matches_one_process(dataset, tmp_path, two_process_run):
     run_dir, result = two_process_run
     assert "weights identical on all 2 processes" in result.stderr
+    # The logged hash says what it hashes: the tensors, which model.pth's sha256 (of the file) is not.
+    logged = re.search(
+        r"\(sha256 of the weight tensors ([0-9a-f]{64}); model.pth's sha256, of the file, ", result.stderr
+    )
+    assert logged, result.stderr
+    net = Net()
+    net.load_state_dict(torch.load(run_dir / "model.pth", weights_only=True))
+    assert logged.group(1) == weights_digest(net)
+    assert (
+        logged.group(1)
+        != json.loads((run_dir / "run.json").read_text())["model_sha256"]
+        == sha256_of(run_dir / "model.pth")
+    )
     assert result.stderr.count("epoch 1/3:") == 1  # rank 0 alone logs
     assert result.stdout.count("run written to") == 1
     manifest = json.loads((run_dir / "run.json").read_text())

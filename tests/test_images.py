@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from image_classifier.errors import ImageError
 from image_classifier.images import conversion_settings, decode_image
@@ -282,3 +282,71 @@ def test_the_default_size_is_cifars_and_the_settings_name_what_the_pixels_depend
     settings = conversion_settings(48)
     assert settings["image_size"] == 48 and settings["max_pixels"] == 36_000_000
     assert {"rule_version", "resampling", "pillow"} <= settings.keys()
+
+
+def exif_block(entries: list[tuple[int, int, int, int | bytes]]) -> bytes:
+    """A little-endian EXIF block, byte by byte: (tag, TIFF type, count, inline SHORT or out-of-line bytes)."""
+    data_at = 8 + 2 + 12 * len(entries) + 4
+    directory, values = b"", b""
+    for tag, kind, count, value in entries:
+        if isinstance(value, bytes):
+            directory += struct.pack("<HHII", tag, kind, count, data_at + len(values))
+            values += value
+        else:
+            directory += struct.pack("<HHIHH", tag, kind, count, value, 0)
+    header = b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+    return b"Exif\0\0" + header + directory + b"\0\0\0\0" + values
+
+
+ORIENTATION, SHORT, ASCII, RATIONAL = 0x0112, 3, 2, 5
+# Orientation 6 (turn 90 degrees clockwise) beside a tag of the wrong TIFF type: Software (ASCII) stored as a
+# RATIONAL, XResolution (RATIONAL) stored as ASCII. Pillow reads such a block; writing it back raises.
+MISTYPED_EXIF = {
+    "Software as a number": exif_block([(ORIENTATION, SHORT, 1, 6), (0x0131, RATIONAL, 1, struct.pack("<II", 1, 3))]),
+    "XResolution as text": exif_block([(ORIENTATION, SHORT, 1, 6), (0x011A, ASCII, 4, b"abc\0")]),
+}
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("exif", MISTYPED_EXIF.values(), ids=MISTYPED_EXIF.keys())
+def test_a_mistyped_exif_tag_beside_the_orientation_still_turns_the_image(fmt, exif):
+    """A camera's or editor's mistyped tag made the conversion raise TypeError/AttributeError (a crash of the
+    whole preparation, a 500 from the service); the pixels are fine and the orientation is readable."""
+    wide = RNG.integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    options = {"lossless": True} if fmt == "WEBP" else {"quality": 95} if fmt == "JPEG" else {}
+    payload = encode(Image.fromarray(wide), fmt, exif=exif, **options)
+    plain = Image.open(io.BytesIO(encode(Image.fromarray(wide), fmt, **options))).convert("RGB")
+    expected = np.asarray(plain.transpose(Image.Transpose.ROTATE_270).resize((32, 32), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(decode_image(payload), chw(expected))
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 65535])
+def test_an_orientation_outside_one_to_eight_leaves_the_image_as_it_is(orientation):
+    payload = encode(Image.fromarray(RGB), "PNG", exif=exif_block([(ORIENTATION, SHORT, 1, orientation)]))
+    np.testing.assert_array_equal(decode_image(payload), chw(RGB))
+
+
+@pytest.mark.parametrize("error", [IndexError, TypeError, struct.error, ZeroDivisionError])
+def test_any_other_exception_pillow_raises_on_the_bytes_is_a_bad_image(monkeypatch, error):
+    """Pillow's plugins have raised all of these on crafted files: a bad image (400), never a crash."""
+
+    payload = encode(Image.fromarray(RGB), "PNG")
+
+    def broken(self):
+        raise error("crafted")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken)  # where a plugin decodes the pixels
+    with pytest.raises(ImageError, match=f"cannot be decoded .*{error.__name__}") as raised:
+        decode_image(payload)
+    assert raised.value.status == 400
+
+
+def test_running_out_of_memory_is_not_called_a_bad_image(monkeypatch):
+    payload = encode(Image.fromarray(RGB), "PNG")
+
+    def exhausted(self):
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", exhausted)
+    with pytest.raises(MemoryError):
+        decode_image(payload)

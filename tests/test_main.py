@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from image_classifier.config import TrainConfig
 from image_classifier.main import arguments_for, build_parser, config_from_args, main
 from image_classifier.model.model import Net
+from image_classifier.tracking.records import read_run
 from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, run_trainer, trainer_args
 
 REQUIRED = ["--experiment_name", "e", "--run_name", "r"]
@@ -251,6 +252,9 @@ def test_zero_epochs_evaluates_a_pretrained_model(dataset, tmp_path):
     assert (tmp_path / "e" / "eval" / "model.pth").read_bytes() == (
         tmp_path / "e" / "trained" / "model.pth"
     ).read_bytes()
+    # No time was spent in epochs (the wall clock was shown before), and curves.png is kept, saying so.
+    assert read_run(tmp_path / "e" / "eval").duration_seconds == 0.0
+    assert (tmp_path / "e" / "eval" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

@@ -150,3 +150,17 @@ def test_the_readme_quotes_the_platform_error_as_the_check_prints_it():
     readme = (REPO_ROOT / "README.md").read_text()
     assert PLATFORM_ERROR in readme
     assert "Linux x86-64 (glibc 2.28 or newer) with CPython 3.11" in readme
+
+
+def test_make_help_shows_the_variables_values_not_their_names(tmp_path):
+    result = subprocess.run(
+        ["make", "-C", str(REPO_ROOT), "--no-print-directory", "help", f"VENV={tmp_path}/venv"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "$(" not in result.stdout, result.stdout
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "into data/sample_dataset if it is missing" in lines["data"]
+    assert "Train on data/cifar_dataset (default" in lines["train"]
+    assert f"keeps {tmp_path}/venv and the experiments" in lines["clean"]

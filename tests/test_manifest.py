@@ -42,3 +42,15 @@ def test_reproduce_ignores_where_the_prepared_copy_is_but_names_a_changed_file()
         "dataset.sha256: '1' -> '2'",
         "dataset_manifest: changed: dog/x (sha256 1 -> 2)",
     ]
+
+
+def test_a_file_name_that_is_not_plain_text_is_shown_escaped_on_its_one_line():
+    """reproduce prints these lines to stdout: a name with bytes that were not UTF-8 raised UnicodeEncodeError
+    where stdout is strict UTF-8 (a traceback after the whole re-run), and a line break forged a line."""
+    latin1, broken = "cat/caf\udce9.jpg", "cat/a\ndataset_manifest: removed: cat/forged.jpg"
+    lines = dataset_file_differences(files(), {"files": {latin1: entry("1"), broken: entry("2")}})
+    assert lines == [
+        "dataset_manifest: added: 'cat/a\\ndataset_manifest: removed: cat/forged.jpg'",
+        "dataset_manifest: added: 'cat/caf\\udce9.jpg'",
+    ]
+    "\n".join(lines).encode("utf-8")

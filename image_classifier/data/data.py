@@ -35,6 +35,7 @@ from image_classifier.data.folder import (
 from image_classifier.data.prepared import PreparedData, hash_files, prepare, skipped_not_images
 from image_classifier.errors import DatasetError
 from image_classifier.images import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
+from image_classifier.manifest import shown_path
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def load_image_folder(root: Path, options: DataOptions) -> TrainTestData:
     if prepared.bad_images and not options.skip_bad_images:
         raise DatasetError(bad_images_message(root, prepared.bad_images))
     for item in prepared.bad_images:
-        logger.warning("skipping bad image %s: %s", item["path"], item["reason"])
+        logger.warning("skipping bad image %s: %s", shown_path(item["path"]), item["reason"])
     labels = prepared.labels
     _check_classes_have_images(scan, prepared)
     if scan.has_test_split:
@@ -134,7 +135,7 @@ def load_image_folder(root: Path, options: DataOptions) -> TrainTestData:
     paths = [row["path"] for row in prepared.rows]
     leaks = leaked_pairs(paths, [row["sha256"] for row in prepared.rows], is_test)
     if leaks:
-        named = "; ".join(f"{test} = {train}" for train, test in leaks[:LEAKS_LOGGED])
+        named = "; ".join(f"{shown_path(test)} = {shown_path(train)}" for train, test in leaks[:LEAKS_LOGGED])
         more = f" and {len(leaks) - LEAKS_LOGGED} more (run.json lists them all)" if len(leaks) > LEAKS_LOGGED else ""
         logger.warning(
             "%d test image(s) have the same bytes as a training image (leakage): %s%s", len(leaks), named, more

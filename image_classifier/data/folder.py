@@ -13,7 +13,11 @@ model trained with `ImageFolder` lines up with ours), unless `metadata.json` at 
 have a training folder.
 
 Refused with an error naming them: a class folder the training split lacks (in the test split, or not in
-metadata.json), a listed class without a folder, a training class with no image, two test folders.
+metadata.json), a listed class without a folder, a training class with no image, two test folders, a split
+folder in two cases (`train/` and `Train/`: one would be skipped), and a
+class folder whose name is not UTF-8 text (bytes of another encoding) or holds a control character (a
+line break...): a class name reaches run.json, logs, tables and every answer of the service, which would
+fail on it or show it garbled.
 A training class absent from the test split is allowed (its test accuracy is reported as n/a) and warned.
 
 Skipped and counted (listed in run.json, never an error): hidden and system files and folders (names
@@ -39,6 +43,7 @@ import numpy as np
 
 from image_classifier.data.cifar import METADATA_FILE, load_classes
 from image_classifier.errors import DatasetError
+from image_classifier.manifest import shown_path
 
 logger = logging.getLogger(__name__)
 
@@ -164,16 +169,24 @@ class _Walker:
         self.skipped.append((self.relative(entry.path), NOT_REGULAR))
         return None
 
-    def files(self, folder: str, visited: frozenset[str] = frozenset()) -> list[str]:
-        """Every file under `folder`, at any depth, as paths relative to the dataset folder."""
-        visited = visited | {os.path.realpath(folder)}
+    def files(self, folder: str) -> list[str]:
+        """Every file under `folder`, at any depth, as paths relative to the dataset folder.
+
+        A loop over a stack, not recursion: a folder nested deeper than Python's recursion limit (1,000) is
+        listed too, never a RecursionError. Each folder carries the real paths of the folders above it, which
+        a link must not lead back to.
+        """
         found = []
-        for entry in self.entries(folder):
-            kind = self.kind(entry, set(visited))
-            if kind == "dir":
-                found.extend(self.files(entry.path, visited))
-            elif kind == "file":
-                found.append(self.relative(entry.path))
+        pending = [(folder, frozenset[str]())]
+        while pending:
+            current, above = pending.pop()
+            visited = above | {os.path.realpath(current)}
+            for entry in self.entries(current):
+                kind = self.kind(entry, set(visited))
+                if kind == "dir":
+                    pending.append((entry.path, visited))
+                elif kind == "file":
+                    found.append(self.relative(entry.path))
         return found
 
     def folders(self, folder: str) -> list[os.DirEntry]:
@@ -191,6 +204,21 @@ class _Walker:
 def _nfc(name: str) -> str:
     # macOS writes file names decomposed (NFD); metadata.json is usually typed composed (NFC).
     return unicodedata.normalize("NFC", name)
+
+
+def _check_class_names(split_folder: str, names: list[str]) -> None:
+    unusable = [name for name in names if not _is_plain_text(name)]
+    if unusable:
+        raise DatasetError(
+            f"{split_folder} has class folders whose names are not UTF-8 text or hold control characters: "
+            f"{', '.join(repr(name) for name in unusable)}; rename them (a class name is shown in logs, tables, "
+            "run.json and the service's answers)"
+        )
+
+
+def _is_plain_text(name: str) -> bool:
+    # Names the file system gave as bytes of another encoding come as surrogates (os.fsdecode's escape).
+    return not any(unicodedata.category(char) in ("Cc", "Cs") for char in name)
 
 
 def _classes(root: Path, train_folders: list[str]) -> tuple[tuple[str, ...], str]:
@@ -226,6 +254,13 @@ def scan_folder(root: Path) -> FolderScan:
     walker = _Walker(root)
     top = walker.folders(str(root))
     by_name = {entry.name.casefold(): entry for entry in top}
+    for split_name in (TRAIN_FOLDER, *TEST_FOLDERS):
+        same = [entry.name + "/" for entry in top if entry.name.casefold() == split_name]
+        if len(same) > 1:  # one would be used and the other skipped: half the images gone, said in a count only
+            raise DatasetError(
+                f"{root} has {' and '.join(same)}: split folders are recognised in any case, so only one may exist; "
+                "merge them"
+            )
     train = by_name.get(TRAIN_FOLDER)
     tests = [by_name[name] for name in TEST_FOLDERS if name in by_name]
     if train is None and tests:
@@ -245,6 +280,7 @@ def scan_folder(root: Path) -> FolderScan:
         layout = f"{train.name}/ + {tests[0].name}/" if tests else f"{train.name}/ split by --test_fraction"
     if not class_folders:
         raise DatasetError(f"{split_folder} has no class folder: put each class's images in <class>/ under it")
+    _check_class_names(split_folder, [entry.name for entry in class_folders])
     classes, classes_from = _classes(root, [entry.name for entry in class_folders])
     split = TRAIN if tests else None
     files = _class_files(walker, split_folder, class_folders, classes, split)
@@ -319,7 +355,7 @@ def leaked_pairs(paths: list[str], hashes: list[str], is_test: np.ndarray) -> li
 
 
 def bad_images_message(root: Path, bad: list[dict]) -> str:
-    lines = "\n".join(f"  {item['path']}: {item['reason']}" for item in bad)
+    lines = "\n".join(f"  {shown_path(item['path'])}: {item['reason']}" for item in bad)
     return (
         f"{len(bad)} bad image(s) in {root}, found before training (fix or remove them, or train without "
         f"them with --skip_bad_images):\n{lines}"

@@ -19,7 +19,12 @@ decode the folder once: the others wait and then reuse it. It is written into `<
 renamed to `<key>/` when complete and flushed to disk: a run killed at any point leaves a temporary folder
 that the next preparer on that host removes, never a `<key>/` that is half written. Worker processes write
 their rows straight into the memory-mapped `images.npy`, a chunk of files at a time, so the memory used is
-a few chunks of images whatever the folder's size.
+a few chunks of images whatever the folder's size; a file larger than any allowed image could be
+(`max_file_bytes`) is never read whole, only its first bytes.
+
+A reused prepared dataset is checked against the scan before training reads it (`_open`): its rows, labels,
+dtypes and shapes must be those of the scanned files, so a damaged or edited cache is refused. Its pixels are
+taken on trust (checking them means decoding again): the cache folder should be writable by its users only.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from tqdm import tqdm
 
 from image_classifier.data.folder import NOT_IMAGE, FolderScan, dataset_sha256
 from image_classifier.errors import DatasetError, ImageError
-from image_classifier.images import DEFAULT_MAX_PIXELS, FILE_SUFFIXES, conversion_settings, decode_image
+from image_classifier.images import DEFAULT_MAX_PIXELS, FILE_SUFFIXES, conversion_settings, decode_image, open_image
 from image_classifier.locking import exclusive_lock
 
 logger = logging.getLogger(__name__)
@@ -61,6 +66,7 @@ IMAGE_SUFFIXES = frozenset(
     + (".jpe", ".jfif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".ico", ".ppm", ".pgm", ".pbm", ".pnm")
     + (".tga", ".jp2", ".psd", ".dng", ".cr2", ".nef", ".arw", ".raw", ".svg", ".apng")
 )
+HEADER_BYTES = 1 << 16  # what identifies an image's format and declared size (`_judge_oversized`)
 HASH_CHUNK = 256  # files per task while hashing: each task is a few milliseconds of reading
 DECODE_CHUNK = 64  # files per task while decoding: big enough to amortise a task, small for the bar
 TASKS_IN_FLIGHT_PER_PROCESS = 4  # bounds what waits in the pipes (a chunk's results are a few KB)
@@ -129,6 +135,11 @@ def _pool(processes: int) -> Iterator[concurrent.futures.Executor | None]:
     )
     try:
         yield executor
+    except concurrent.futures.process.BrokenProcessPool:
+        raise DatasetError(
+            "a worker process reading the images died (killed by the system: out of memory?); nothing prepared "
+            "is used: free some memory and run again"
+        ) from None
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
 
@@ -183,6 +194,25 @@ def _judge(path: str, payload: bytes, image_size: int, max_pixels: int) -> tuple
         return "bad", str(exc)
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file that is read whole to be decoded: 8 bytes per pixel of the largest image allowed (a
+    16-bit RGBA PNG stored uncompressed) and 64 MB of metadata. Anything larger (a video beside the photos of a
+    phone's export, a disk image) is judged by its first bytes only: holding it whole would take its size in
+    memory, in every worker at once."""
+    return max_pixels * 8 + (64 << 20)
+
+
+def _judge_oversized(path: str, header: bytes, size: int, max_pixels: int) -> tuple[str, str | None]:
+    """("bad", reason) or ("not_image", None) for a file too large to read whole, by its suffix and header."""
+    promises_image = os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+    try:
+        open_image(header, max_pixels).close()
+    except ImageError as exc:
+        if exc.status == 415 and not promises_image:
+            return "not_image", None
+    return "bad", f"a file of {size:,} bytes, more than any image of at most {max_pixels:,} pixels would take"
+
+
 def _decode_chunk(
     images_path: str, root: str, image_size: int, max_pixels: int, items: list[tuple[int, str, str]]
 ) -> list[tuple[int, str, str | None]]:
@@ -192,6 +222,10 @@ def _decode_chunk(
     for row, path, expected in items:
         try:
             with open(os.path.join(root, path), "rb") as stream:
+                size = os.fstat(stream.fileno()).st_size
+                if size > max_file_bytes(max_pixels):
+                    results.append((row, *_judge_oversized(path, stream.read(HEADER_BYTES), size, max_pixels)))
+                    continue
                 payload = stream.read()
         except OSError as exc:
             results.append((row, "bad", f"cannot read it: {exc.strerror or exc}"))
@@ -292,14 +326,14 @@ def prepare(
                         scan, hashes, unreadable, image_size, max_pixels, conversion, key, processes, on_progress
                     )
                     _build(job, target)
-                    return _open(target, dataset_hash, reused=False)
+                    return _open(target, scan, hashes, dataset_hash, reused=False)
         except OSError as exc:  # a read-only or full disk: said as such, not as a traceback
             raise DatasetError(
                 f"cannot write the prepared dataset into {cache_folder}: {exc.strerror or exc}; choose another "
                 f"folder with --cache_folder or ${CACHE_ENV}"
             ) from None
     logger.info("reusing the prepared dataset %s", target)
-    return _open(target, dataset_hash, reused=True)
+    return _open(target, scan, hashes, dataset_hash, reused=True)
 
 
 def _log_wait(target: Path) -> None:
@@ -372,6 +406,7 @@ def _write_prepared(job: _Job, work: Path, target: Path) -> None:
     shape = (len(candidates), 3, image_size, image_size)
     if candidates:
         np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=shape).flush()
+        _reserve(images_path)
     processes = job.processes or _processes_for(len(candidates), DECODE_CHUNK)
     logger.info(
         "preparing %d files of %s at %d x %d with %d process(es) into %s",
@@ -445,6 +480,20 @@ def _write_prepared(job: _Job, work: Path, target: Path) -> None:
     )
 
 
+def _reserve(path: Path) -> None:
+    """Allocate every block of the (sparse) array file now. Pixels are written through a memory mapping, and
+    a mapped page that finds the disk full is a SIGBUS that kills the writer (the run itself, or a worker:
+    a traceback about a broken pool), never an error: reserved here, a full disk is an OSError, said in
+    one line by `prepare`."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: the mapping's writes are the only way to know
+        return
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(descriptor, 0, os.fstat(descriptor).st_size)
+    finally:
+        os.close(descriptor)
+
+
 def _row(file, digest: str) -> dict:
     return {"path": file.path, "sha256": digest, "label": file.label, "split": file.split}
 
@@ -454,6 +503,7 @@ def _compact(images_path: Path, good: list[int], shape: tuple[int, ...]) -> None
     source = np.load(images_path, mmap_mode="r")
     compact_path = images_path.with_name("compact.npy")
     target = np.lib.format.open_memmap(compact_path, mode="w+", dtype=np.uint8, shape=(len(good), *shape[1:]))
+    _reserve(compact_path)
     step = max(1, COPY_ROWS_BYTES // max(1, int(np.prod(shape[1:]))))
     for start in range(0, len(good), step):
         target[start : start + step] = source[good[start : start + step]]
@@ -462,28 +512,68 @@ def _compact(images_path: Path, good: list[int], shape: tuple[int, ...]) -> None
     os.replace(compact_path, images_path)
 
 
-def _open(target: Path, dataset_hash: str, reused: bool) -> PreparedData:
+def _open(target: Path, scan: FolderScan, hashes: list[str | None], dataset_hash: str, reused: bool) -> PreparedData:
+    """The prepared dataset in `target`, checked against the scan it was keyed by before training trusts it.
+
+    Every row must be one of the scanned files with its hash, label and split, every scanned file must be a
+    row, a bad image or a file that is not an image, `labels.npy` must hold the rows' labels as int64, and
+    `images.npy` uint8 N x 3 x S x S at the key's size: a damaged or edited cache (a float array, other
+    labels, rows of another folder) is refused, never trained on. Only the pixels themselves are taken on
+    trust (checking them is decoding again): keep the cache folder writable by its users only.
+    """
+    damaged = f"the prepared dataset {target} is damaged or was changed"
     try:
         manifest = json.loads((target / MANIFEST_FILE).read_text(encoding="utf-8"))
+        shape = [int(side) for side in manifest["shape"]]
+        rows, bad_images, not_images = manifest["rows"], manifest["bad_images"], manifest["not_images"]
+        conversion = manifest["conversion"]
         # Copy-on-write mapping: writable for torch without a copy, never written back to the cache.
-        images = np.load(target / IMAGES_FILE, mmap_mode="c" if manifest["shape"][0] else None)
+        images = np.load(target / IMAGES_FILE, mmap_mode="c" if shape[0] else None)
         labels = np.load(target / LABELS_FILE)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"the prepared dataset {target} cannot be read ({exc}): delete it and run again") from None
-    if list(images.shape) != manifest["shape"] or len(labels) != manifest["shape"][0]:
-        raise DatasetError(f"the prepared dataset {target} does not match its manifest: delete it and run again")
+        problem = _mismatch(scan, hashes, dataset_hash, manifest, shape, rows, bad_images, not_images, images, labels)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{damaged} ({_first_line(exc)}): delete it and run again") from None
+    if problem is not None:
+        raise DatasetError(f"{damaged} ({problem}): delete it and run again")
     return PreparedData(
         folder=target,
         key=manifest["key"],
         dataset_sha256=dataset_hash,
         images=images,
         labels=labels,
-        rows=manifest["rows"],
-        bad_images=manifest["bad_images"],
-        not_images=manifest["not_images"],
-        conversion=manifest["conversion"],
+        rows=rows,
+        bad_images=bad_images,
+        not_images=not_images,
+        conversion=conversion,
         reused=reused,
     )
+
+
+def _mismatch(scan, hashes, dataset_hash, manifest, shape, rows, bad_images, not_images, images, labels) -> str | None:
+    """What in a prepared dataset disagrees with the scan it is opened for, or None."""
+    size = manifest["conversion"]["image_size"]
+    if manifest.get("dataset_sha256") != dataset_hash or list(manifest.get("classes", ())) != list(scan.classes):
+        return "its manifest is for other files or classes"
+    if images.dtype != np.uint8 or list(images.shape) != [len(rows), 3, size, size] or shape != list(images.shape):
+        return f"images.npy is {images.dtype} {list(images.shape)}, not uint8 {[len(rows), 3, size, size]}"
+    if labels.dtype != np.int64 or labels.shape != (len(rows),):
+        return f"labels.npy is {labels.dtype} {list(labels.shape)}, not int64 [{len(rows)}]"
+    scanned = {file.path: (file, digest) for file, digest in zip(scan.files, hashes)}
+    for row in rows:
+        file, digest = scanned.get(row["path"], (None, None))
+        if file is None or row != _row(file, digest):
+            return f"row {row['path']!r} is not that scanned file"
+    listed = [row["path"] for row in rows] + [item["path"] for item in (*bad_images, *not_images)]
+    if len(listed) != len(scanned) or set(listed) != scanned.keys():
+        return "it does not list every scanned file exactly once"
+    if not np.array_equal(labels, np.array([row["label"] for row in rows], dtype=np.int64)):
+        return "labels.npy is not the rows' labels"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def skipped_not_images(prepared: PreparedData) -> list[tuple[str, str]]:

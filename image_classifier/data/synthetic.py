@@ -11,9 +11,12 @@ Each of the ten classes is one shape in one hue band, drawn at a random place, s
 random background with noise: easy enough for the notebook's model to learn in a couple of epochs, varied
 enough that it has to.
 
-    python -m image_classifier.data.synthetic --output data/sample_dataset --train-size 5000 --test-size 1000
-    python -m image_classifier.data.synthetic --image-folder --output data/sample_images --train-size 500 \\
-        --test-size 100 --min-side 24 --max-side 64
+    python -m image_classifier.data.synthetic --output data/sample_dataset --train_size 5000 --test_size 1000
+    python -m image_classifier.data.synthetic --image_folder --output data/sample_images --train_size 500 \\
+        --test_size 100 --min_side 24 --max_side 64
+
+The options are spelled with underscores, as in every other command; the hyphen spellings of earlier versions
+(`--train-size`) still work.
 """
 
 from __future__ import annotations
@@ -207,7 +210,11 @@ def generate_dataset(output: Path, train_size: int, test_size: int, seed: int = 
         raise UserError("need at least one image per training batch and at least one test image")
     batches_dir = output / BATCHES_FOLDER
     if batches_dir.exists():
-        raise UserError(f"{batches_dir} already exists; delete it or choose another --output")
+        raise UserError(
+            f"{batches_dir} already exists: a dataset was generated there before (`make demo` and `make data` "
+            f"generate data/sample_dataset), and it can be used as it is (--dataset_folder {output}). To generate "
+            f"it again, delete {batches_dir} first, or choose another --output"
+        )
     rng = np.random.default_rng(seed)
     # Balanced classes in random order, like CIFAR-10's 5,000 training and 1,000 test images per class.
     train_labels = rng.permutation(np.arange(train_size) % len(CLASSES))
@@ -279,9 +286,13 @@ def generate_image_folder(
     if train_size < len(classes) or (with_test_folder and test_size < len(classes)):
         raise UserError(f"need at least one image per class ({len(classes)}) in each split")
     if not 1 <= min_side <= max_side:
-        raise UserError("need 1 <= --min-side <= --max-side")
+        raise UserError("need 1 <= --min_side <= --max_side")
     if output.exists() and any(output.iterdir()):
-        raise UserError(f"{output} already exists and is not empty; delete it or choose another --output")
+        raise UserError(
+            f"{output} already exists and is not empty: images were generated there before (`make images` and "
+            f"`make demo-folder` generate data/sample_images), and it can be used as it is (--dataset_folder "
+            f"{output}). To generate it again, delete {output} first, or choose another --output"
+        )
     rng = np.random.default_rng(seed)
     splits = [("train", train_size), ("test", test_size)] if with_test_folder else [("", train_size + test_size)]
     for split, size in splits:
@@ -304,25 +315,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m image_classifier.data.synthetic",
         description="Generate a learnable dataset in the exact CIFAR-10 python-batches file format, or as a "
-        "folder of PNG and JPEG images (--image-folder).",
+        "folder of PNG and JPEG images (--image_folder). Every option is also accepted with hyphens "
+        "(--train-size), as earlier versions spelled them.",
     )
+    # The underscore spelling first: usage errors and --help name an option by its first long spelling.
     parser.add_argument("--output", type=Path, required=True, help="dataset folder to create (required)")
-    parser.add_argument("--train-size", type=non_negative_int, default=5000, help="training images")
-    parser.add_argument("--test-size", type=non_negative_int, default=1000, help="test images")
-    parser.add_argument("--train-batches", type=positive_int, default=5, help="data_batch_<n> files")
+    parser.add_argument("--train_size", "--train-size", type=non_negative_int, default=5000, help="training images")
+    parser.add_argument("--test_size", "--test-size", type=non_negative_int, default=1000, help="test images")
+    parser.add_argument("--train_batches", "--train-batches", type=positive_int, default=5, help="data_batch_<n> files")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     folder = parser.add_argument_group("image folder")
     folder.add_argument(
+        "--image_folder",
         "--image-folder",
         action="store_true",
         help="write train/<class>/ and test/<class>/ folders of PNG and JPEG files instead of CIFAR-10 batches",
     )
-    folder.add_argument("--min-side", type=positive_int, default=24, help="smallest image width or height")
-    folder.add_argument("--max-side", type=positive_int, default=64, help="largest image width or height")
     folder.add_argument(
+        "--min_side", "--min-side", type=positive_int, default=24, help="smallest image width or height"
+    )
+    folder.add_argument("--max_side", "--max-side", type=positive_int, default=64, help="largest image width or height")
+    folder.add_argument(
+        "--no_test_folder",
         "--no-test-folder",
         action="store_true",
-        help="one <class>/ tree of train-size + test-size images, for --test_fraction to split",
+        help="one <class>/ tree of train_size + test_size images, for --test_fraction to split",
     )
     return parser
 

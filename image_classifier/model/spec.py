@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -140,6 +141,14 @@ def checked_classes(classes: object, source: object) -> tuple[str, ...]:
         raise ModelSpecError(f"{source}: the classes must be a list of at least two non-empty names")
     if len(set(classes)) != len(classes):
         raise ModelSpecError(f"{source}: class names must be unique")
+    unusable = [name for name in classes if any(unicodedata.category(char) in ("Cc", "Cs") for char in name)]
+    if unusable:
+        # A lone surrogate (a folder name's bytes that were not UTF-8) fails every UTF-8 answer of the
+        # service that names the class; a control character forges lines in logs, tables and CSV.
+        raise ModelSpecError(
+            f"{source}: class names must be UTF-8 text without control characters, not "
+            + ", ".join(repr(name) for name in unusable)
+        )
     return tuple(classes)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from image_classifier.manifest import ENVIRONMENT_KEYS
 from image_classifier.tracking.mlflow_client import CALL_SECONDS, call_within, connect, error_code, short_reason
-from image_classifier.tracking.uri import redacted
+from image_classifier.tracking.uri import redacted, run_page
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,13 @@ class MlflowRunLogger:
     def start(self, manifest: Mapping) -> None:
         """Create (or, on resume, reopen) the MLflow run with the parameters and tags of `manifest`."""
         self._call("start the run", lambda client: self._start(client, manifest))
+        if self.error is None:
+            logger.info("logging to MLflow run %s", self._where())
+
+    def _where(self) -> str:
+        """The run's id and where to see it: its page on the server, never the URI's credentials."""
+        page = run_page(self.tracking_uri, str(self.experiment_id), str(self.run_id))
+        return f"{self.run_id}: {page}" if page else f"{self.run_id} (experiment {self.experiment_id})"
 
     def log_epoch(self, entry: Mapping) -> None:
         metrics = epoch_metrics(entry)
@@ -110,6 +117,8 @@ class MlflowRunLogger:
     def end(self, status: str) -> None:
         """Close the MLflow run: FINISHED, FAILED or KILLED."""
         self._call("end the run", lambda client: client.set_terminated(self.run_id, status))
+        if self.error is None and status == "FINISHED":
+            logger.info("MLflow run finished with every call logged: %s", self._where())
 
     def record(self) -> dict:
         """What run.json keeps about the MLflow run (the URI without credentials)."""

@@ -78,10 +78,11 @@ class RunRecord:
 
     @property
     def duration_seconds(self) -> float | None:
-        """Seconds spent in the epochs (pauses between a stop and its resume do not count); for a run
-        without per-epoch seconds, the wall-clock time from start to finish."""
+        """Seconds spent in the trained epochs, training and evaluation (pauses between a stop and its resume
+        do not count): 0 for a run of 0 epochs. For a run of an earlier version, whose metrics.json records no
+        per-epoch seconds, the wall-clock time from start to finish."""
         seconds = [_number(entry.get("seconds")) for entry in self.history]
-        if seconds and all(value is not None for value in seconds):
+        if isinstance(self.metrics.get("history"), list) and all(value is not None for value in seconds):
             return round(sum(seconds), 3)
         started, finished = _timestamp(self.started_at), _timestamp(self.manifest.get("finished_at"))
         return (finished - started).total_seconds() if started and finished else None

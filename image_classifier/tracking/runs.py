@@ -4,7 +4,8 @@ Copy-paste examples:
 
     image_classifier_runs list                                   # every run under experiments/
     image_classifier_runs list --experiment local_exp --sort test_accuracy --descending --format csv
-    image_classifier_runs show local_exp/run_1
+    image_classifier_runs list --wide                            # every column: hyperparameters, hashes...
+    image_classifier_runs show local_exp/run_1                   # add --full for every hash
     image_classifier_runs compare local_exp/run_1 local_exp/run_2 --plot compare.png
     image_classifier_runs register local_exp/run_1 --name cifar-net --alias production
     image_classifier_runs alias cifar-net production 2
@@ -55,8 +56,13 @@ LIST_COLUMNS = (
     "versions",
     "note",
 )
+# The table `list` prints by default: what tells runs apart at a glance, in 80-100 columns for the usual
+# names. --wide (and CSV and JSON, which are for programs) give every column.
+TABLE_COLUMNS = ("experiment", "run", "status", "started", "epochs", "test_accuracy", "versions", "note")
 MODEL_COLUMNS = ("name", "version", "aliases", "source_run", "test_accuracy", "registered_at", "sha256")
-SHA_PREFIX = 12  # enough to tell models apart by eye; the full hash is in `show` and run.json
+SHA_PREFIX = 12  # enough to tell models apart by eye; the full hash is in `show --full` and run.json
+WIDTH = 100  # the terminal width the default `list` and `show` are laid out for
+SHOWN_EPOCHS = 10  # the last epochs `show` lists without --full
 NAME_ARGUMENTS = ("experiment_name", "run_name")  # in every compare's header already
 
 
@@ -71,6 +77,7 @@ class ListConfig:
     sort: str
     descending: bool
     format: str
+    wide: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class ShowConfig:
     tracking_uri: str | None = field(repr=False)  # it may carry credentials
     run: str
     format: str
+    full: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class CompareConfig:
     experiments_folder: Path
     runs: tuple[str, ...]
     plot: Path | None
+    format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -243,7 +252,8 @@ def list_command(config: ListConfig) -> int:
     if config.format == "table":
         for row in rows:
             row["started"] = row["started"][:16].replace("T", " ") if row["started"] else None
-    print(format_rows(rows, LIST_COLUMNS, config.format))
+    columns = TABLE_COLUMNS if config.format == "table" and not config.wide else LIST_COLUMNS
+    print(format_rows(rows, columns, config.format))
     return 0
 
 
@@ -318,6 +328,66 @@ def show_text(record: RunRecord, files: dict[str, int], versions: list[str]) -> 
     return "\n".join(lines)
 
 
+def _shortened(value):
+    """A hash (a 40-digit commit, a 64-digit sha256) as its first SHA_PREFIX digits."""
+    if isinstance(value, str) and len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value):
+        return value[:SHA_PREFIX]
+    return value
+
+
+def _packed(pairs: Sequence[tuple[str, object]]) -> list[str]:
+    """`key=value` items, as many to a line as fit in WIDTH columns."""
+    lines, line = [], ""
+    for key, value in pairs:
+        item = f"{printable(str(key))}={_cell(value)}"
+        if line and 2 + len(line) + 2 + len(item) > WIDTH:
+            lines.append("  " + line)
+            line = item
+        else:
+            line = f"{line}  {item}" if line else item
+    return lines + (["  " + line] if line else [])
+
+
+def show_brief(record: RunRecord, files: dict[str, int], versions: list[str]) -> str:
+    """`show` without --full: what a person reads, in about 40 lines of at most WIDTH columns for a run
+    of the sample dataset. Hashes are shortened and those of files (lock files, dataset files) left out:
+    --full and --format json have them all."""
+    manifest = record.manifest
+    header = [
+        ("status", record.status + (f" ({record.reason})" if record.reason else "")),
+        ("folder", record.folder),
+        ("started", record.started_at),
+        *([("resumed", _resume_times(manifest))] if _resume_times(manifest) else []),
+        ("finished", manifest.get("finished_at")),
+        ("duration_s", record.duration_seconds),
+        ("model_sha256", _shortened(record.model_sha256)),
+        ("versions", versions),
+        ("test_accuracy", record.test_accuracy),
+    ]
+    if isinstance(manifest.get("mlflow"), dict):
+        header.extend(("mlflow." + key, value) for key, value in mlflow_record_shown(manifest["mlflow"]).items())
+    lines = _section(f"run {record.name}", header)
+    lines += ["", *_section("model", model_rows(record))]
+    lines += ["", "arguments", *_packed(list(record.arguments.items()))]
+    environment = {key: manifest[key] for key in SHOWN_ENVIRONMENT if manifest.get(key) and key != "lock_files"}
+    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+    pairs = [*_flatten(environment), *_flatten({"dataset": dataset})]
+    pairs = [(key, _shortened(value)) for key, value in pairs if not any("sha256" in part for part in key.split("."))]
+    lines += ["", "environment (--full: every hash)", *_packed(pairs)]
+    if record.history:
+        shown = record.history[-SHOWN_EPOCHS:]
+        title = "metrics per epoch" + (
+            f" (the last {len(shown)} of {len(record.history)}; --full: all)"
+            if len(shown) < len(record.history)
+            else ""
+        )
+        lines += ["", title, _indent(format_table(shown, HISTORY_COLUMNS))]
+    if record.class_accuracy:
+        lines += ["", "test accuracy per class", *_packed(list(record.class_accuracy.items()))]
+    lines += ["", "files (bytes)", *_packed(list(files.items()))]
+    return "\n".join(lines)
+
+
 def model_rows(record: RunRecord) -> list[tuple[str, object]]:
     """The run's model spec as (name, value) rows, and a note when an earlier version's run implies it."""
     spec = record.spec
@@ -360,8 +430,10 @@ def show_command(config: ShowConfig) -> int:
             "versions": versions,
         }
         print(to_strict_json(document), end="")
-    else:
+    elif config.full:
         print(show_text(record, files, versions))
+    else:
+        print(show_brief(record, files, versions))
     return 0
 
 
@@ -450,6 +522,21 @@ def compare_text(records: Sequence[RunRecord]) -> str:
     return "\n\n".join(parts)
 
 
+def compare_document(records: Sequence[RunRecord]) -> dict:
+    """What `compare` shows, for machines: every section's values listed in the order of the runs."""
+    specs = [record.spec.to_dict() if record.spec else {} for record in records]
+    model_keys = [key for key, _ in differing_model(records)]
+    metrics = [final_metrics(record) for record in records]
+    classes = list(dict.fromkeys(name for record in records for name in record.class_accuracy))
+    return {
+        "runs": [{"run": record.name, "status": record.status, "reason": record.reason} for record in records],
+        "model_differences": {key: [spec.get(key) for spec in specs] for key in model_keys},
+        "argument_differences": dict(differing_arguments(records)),
+        "final_metrics": {metric: [values[metric] for values in metrics] for metric in metrics[0]},
+        "class_accuracy": {name: [record.class_accuracy.get(name) for record in records] for name in classes},
+    }
+
+
 def write_comparison_plot(records: Sequence[RunRecord], path: Path) -> None:
     # matplotlib only when a plot is asked for: it is the slowest import here.
     from image_classifier.visualization.plot import plot_curves
@@ -463,10 +550,14 @@ def write_comparison_plot(records: Sequence[RunRecord], path: Path) -> None:
 
 def compare_command(config: CompareConfig) -> int:
     records = [find_run(config.experiments_folder, reference) for reference in config.runs]
-    print(compare_text(records))
+    if config.format == "json":
+        print(to_strict_json(compare_document(records)), end="")
+    else:
+        print(compare_text(records))
     if config.plot is not None:
         write_comparison_plot(records, config.plot)
-        print(f"\ncurves plotted to {config.plot}")
+        # stdout holds the JSON document alone, for the program that reads it
+        print(f"\ncurves plotted to {config.plot}", file=sys.stderr if config.format == "json" else sys.stdout)
     return 0
 
 
@@ -563,6 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--sort", choices=LIST_COLUMNS, default="started", help="the column to sort by")
     listing.add_argument("--descending", action="store_true", help="largest first (runs without a value stay last)")
     listing.add_argument("--format", choices=formats, default="table", help="output format")
+    listing.add_argument(
+        "--wide",
+        action="store_true",
+        help="the table with every column (architecture, hyperparameters, duration, model sha256), as CSV and "
+        "JSON have them",
+    )
 
     show = commands.add_parser(
         "show",
@@ -572,6 +669,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("run", help="EXPERIMENT/RUN")
     show.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    show.add_argument(
+        "--full",
+        action="store_true",
+        help="the text with every value in full: each hash whole, the lock files' and dataset files' hashes, "
+        "every epoch (JSON always has them)",
+    )
 
     compare = commands.add_parser(
         "compare",
@@ -584,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--plot", type=Path, default=None, help="also write their loss and accuracy curves to " "this PNG file"
     )
+    compare.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
     register = commands.add_parser(
         "register",
@@ -626,11 +730,11 @@ def config_from_args(args: argparse.Namespace):
     folder = args.experiments_folder
     uri = tracking_uri_from(getattr(args, "mlflow_tracking_uri", None))
     if args.command == "list":
-        return ListConfig(folder, uri, args.experiment, args.sort, args.descending, args.format)
+        return ListConfig(folder, uri, args.experiment, args.sort, args.descending, args.format, args.wide)
     if args.command == "show":
-        return ShowConfig(folder, uri, args.run, args.format)
+        return ShowConfig(folder, uri, args.run, args.format, args.full)
     if args.command == "compare":
-        return CompareConfig(folder, tuple(args.runs), args.plot)
+        return CompareConfig(folder, tuple(args.runs), args.plot, args.format)
     if args.command == "register":
         return RegisterConfig(folder, uri, args.run, args.name, tuple(args.aliases))
     if args.command == "alias":

@@ -72,6 +72,17 @@ def redacted(uri: str) -> str:
     return uri if credentials is None else prefix + rest
 
 
+def run_page(uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The address of a run's page in the MLflow UI of the server at `uri` (http or https), without the
+    credentials, query or fragment of the URI (a token may sit in either); None for a store that is not a
+    server (a folder, a database)."""
+    prefix, _, rest = split_credentials(uri)
+    if prefix.lower() not in ("http://", "https://"):
+        return None
+    server = re.split(r"[?#]", rest, maxsplit=1)[0].rstrip("/")
+    return f"{prefix}{server}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def _spellings(text: str) -> set[str]:
     """`text` as a message may show it: as given, %-decoded, %-encoded (as requests re-quotes a URL), and
     escaped (as repr() shows it, for str and for bytes)."""

@@ -44,6 +44,22 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping]], title: str = "") -> 
     several overlay them (image_classifier_runs compare --plot).
     """
     figure = Figure(figsize=(12, 4.8), layout="constrained")
+    if not any(histories.values()):  # --num_epochs 0: an evaluation only, no epoch axis to draw
+        axes = figure.subplots()
+        axes.set_axis_off()
+        axes.text(
+            0.5,
+            0.5,
+            "no epoch trained (--num_epochs 0): no loss or accuracy per epoch to plot\n"
+            "the evaluation's results are in metrics.png and metrics.json",
+            ha="center",
+            va="center",
+            fontsize="x-large",
+            transform=axes.transAxes,
+        )
+        if title:
+            figure.suptitle(title)
+        return figure
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     colors = matplotlib.colormaps["tab10"].colors
     for index, (label, history) in enumerate(histories.items()):
@@ -54,9 +70,6 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping]], title: str = "") -> 
         loss_axes.plot(*_series(history, "train_loss"), "o-", color=color, label=f"{prefix}training loss")
         loss_axes.plot(*_series(history, "test_loss"), "s--", color=test_color, label=f"{prefix}test loss")
         accuracy_axes.plot(*_series(history, "test_accuracy"), "o-", color=color, label=label)
-    if not any(histories.values()):  # --num_epochs 0: an evaluation only
-        for axes in (loss_axes, accuracy_axes):
-            axes.text(0.5, 0.5, "no epoch trained", ha="center", va="center", transform=axes.transAxes)
     loss_axes.set_title("Loss per epoch (cross-entropy)")
     loss_axes.set_ylabel("mean loss")
     losses = [value for line in loss_axes.lines for value in line.get_ydata() if np.isfinite(value)]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from image_classifier.data import folder as folder_module
-from image_classifier.data.folder import leaked_pairs, scan_folder, stratified_split
+from image_classifier.data.folder import bad_images_message, leaked_pairs, scan_folder, stratified_split
 from image_classifier.errors import DatasetError
 from tests.data.folders import png, simple_folder, write
 
@@ -88,6 +90,12 @@ def test_layout_errors_name_the_problem(tmp_path):
         "two test splits": ({"train": {"cat": 1, "dog": 1}, "test": {"cat": 1}, "val": {"dog": 1}}, "test/ and val/"),
         "val without train": ({"val": {"cat": 1}}, "no train/ folder"),
         "no class folder": ({"train": {}}, "no class folder"),
+        # One of the two was used and the other skipped with a count in run.json: half the images gone.
+        "train in two cases": ({"train": {"cat": 1, "dog": 1}, "Train": {"cat": 1, "dog": 1}}, "Train/ and train/"),
+        "test in two cases": (
+            {"train": {"cat": 1, "dog": 1}, "TEST": {"cat": 1}, "test": {"dog": 1}},
+            "TEST/ and test/",
+        ),
     }
     for name, (splits, message) in cases.items():
         root = tmp_path / name.replace(" ", "_")
@@ -217,3 +225,40 @@ def test_leakage_pairs_name_the_training_and_the_test_file():
 
 def test_system_names_are_compared_in_lower_case():
     assert all(name == name.lower() for name in folder_module.SYSTEM_NAMES)
+
+
+@pytest.mark.parametrize("name", [os.fsdecode(b"caf\xe9"), "two\nlines", "tab\there", "bell\x07", "del\x7f"], ids=ascii)
+def test_a_class_folder_name_that_is_not_plain_text_is_refused_naming_it(tmp_path, name):
+    """A Latin-1 folder name (an old archive's) became a class with a lone surrogate: run.json kept it, and then
+    every answer of the service naming it failed (UTF-8 cannot encode it, a 500) and the predict command's
+    table and CSV output raised UnicodeEncodeError wherever stdout is strict UTF-8; a line break in a class
+    name forged lines in logs and tables."""
+    simple_folder(tmp_path, {"dog": 2})
+    write(tmp_path / name / "0.png", png(7))
+    with pytest.raises(DatasetError, match="not UTF-8 text or hold control characters") as error:
+        scan_folder(tmp_path)
+    assert repr(name) in str(error.value)
+    str(error.value).encode("utf-8")  # the error line itself prints anywhere
+
+
+def test_a_class_folder_nested_deeper_than_the_recursion_limit_is_listed(tmp_path):
+    """Listing recursed once per folder level: a tree 1,100 levels deep raised RecursionError (a traceback
+    naming no file). Shown here with the interpreter's limit lowered to 60 frames above this test's, and a
+    tree 200 levels deep (pytest's own clean-up of tmp_path recurses too)."""
+    simple_folder(tmp_path, {"dog": 2})
+    deep = tmp_path / "cat" / Path(*["d"] * 200)
+    write(deep / "deep.png", png(3))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 60)
+    try:
+        scan = scan_folder(tmp_path)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert [f.path for f in scan.files if f.label == 0] == ["cat/" + "d/" * 200 + "deep.png"]
+
+
+def test_bad_image_lines_show_a_name_that_is_not_plain_text_escaped():
+    message = bad_images_message(
+        Path("data"), [{"path": "a/x\ny.png", "reason": "r"}, {"path": "a/ok.png", "reason": "r"}]
+    )
+    assert message.splitlines()[1:] == ["  'a/x\\ny.png': r", "  a/ok.png: r"]

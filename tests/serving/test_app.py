@@ -67,6 +67,19 @@ def test_a_bad_image_in_a_batch_is_named(client, offline):
     assert response.json()["error"].startswith("image 2 (bad.png): not an image")
 
 
+def test_a_photo_with_a_mistyped_exif_tag_is_answered_as_its_turned_pixels(client, offline):
+    """Its EXIF block (orientation 6 beside a mistyped tag) made the conversion raise AttributeError: a 500."""
+    from tests.test_images import MISTYPED_EXIF
+
+    hwc = offline.images[5].transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(hwc).save(buffer, "PNG", exif=MISTYPED_EXIF["Software as a number"])
+    with_exif = client.post("/predict", content=buffer.getvalue(), headers={"Content-Type": "image/png"})
+    turned = encode_png(np.ascontiguousarray(np.rot90(hwc, k=-1)))  # orientation 6: 90 degrees clockwise
+    assert with_exif.status_code == 200, with_exif.text
+    assert with_exif.json() == client.post("/predict", content=turned, headers={"Content-Type": "image/png"}).json()
+
+
 def test_a_chunked_upload_is_cut_off_at_the_limit(client):
     def chunks():
         for _ in range(100):

@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -56,6 +57,13 @@ def test_the_trainer_logs_params_tags_metrics_and_files_and_never_a_secret(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert manifest["mlflow"]["lost_calls"] == 0 and manifest["mlflow"]["error"] is None
     assert manifest["mlflow"]["tracking_uri"] == mlflow_server.uri  # without the credentials
+    # Success is said, with where to look: the run's page on the server (never the URI's credentials).
+    run_id, experiment_id = manifest["mlflow"]["run_id"], manifest["mlflow"]["experiment_id"]
+    page = f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs/{run_id}"
+    assert f"logging to MLflow run {run_id}: {page}\n" in result.stderr
+    assert f"MLflow run finished with every call logged: {run_id}: {page}\n" in result.stderr
+    with urllib.request.urlopen(page, timeout=60) as answer:  # the MLflow UI answers there
+        assert answer.status == 200
 
     client = _client(mlflow_server)
     run = client.get_run(manifest["mlflow"]["run_id"])

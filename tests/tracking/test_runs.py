@@ -16,7 +16,15 @@ from image_classifier.errors import RunDirectoryError
 from image_classifier.run_dir import STAGING_MARKER, RunDirectory, is_locked, lock_directory
 from image_classifier.tracking.records import COMPLETED
 from image_classifier.tracking.registry import REGISTRY_FILE
-from image_classifier.tracking.runs import FORMULA_STARTS, LIST_COLUMNS, MODEL_COLUMNS, build_parser, format_csv, main
+from image_classifier.tracking.runs import (
+    FORMULA_STARTS,
+    LIST_COLUMNS,
+    MODEL_COLUMNS,
+    TABLE_COLUMNS,
+    build_parser,
+    format_csv,
+    main,
+)
 from tests.conftest import command, run_command
 
 
@@ -59,8 +67,21 @@ def test_the_console_script_lists_runs(trained_experiments):
     result = run_command([command("image_classifier_runs"), "list", "--experiments_folder", str(trained_experiments)])
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == list(LIST_COLUMNS)
+    assert header.split() == list(TABLE_COLUMNS)
     assert [row.split()[:3] for row in rows] == [["e", "seed0", COMPLETED], ["e", "seed1", COMPLETED]]
+    assert max(map(len, result.stdout.splitlines())) <= 100  # a terminal's width (it was about 190)
+
+
+def test_list_wide_shows_every_column(trained_experiments, capsys):
+    code, out, _ = _run(capsys, "list", "--experiments_folder", str(trained_experiments), "--wide")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == list(LIST_COLUMNS)
+    run_json = json.loads((trained_experiments / "e" / "seed0" / "run.json").read_text())
+    assert run_json["model_sha256"][:12] in rows[0] and "net" in rows[0].split()
+    # CSV and JSON are for programs: every column, with or without --wide
+    for output_format in ("csv", "json"):
+        argv = ["list", "--experiments_folder", str(trained_experiments), "--format", output_format]
+        assert _run(capsys, *argv)[1] == _run(capsys, *argv, "--wide")[1]
 
 
 def test_list_as_csv_and_json_carries_each_runs_numbers(trained_experiments, capsys):
@@ -176,7 +197,7 @@ def test_unfinished_old_and_damaged_runs_are_listed_with_a_reason(experiments, c
 
 
 def test_show_prints_arguments_environment_epochs_and_files(trained_experiments, capsys):
-    code, out, _ = _run(capsys, "show", "e/seed1", "--experiments_folder", str(trained_experiments))
+    code, out, _ = _run(capsys, "show", "e/seed1", "--experiments_folder", str(trained_experiments), "--full")
     assert code == 0
     run_json = json.loads((trained_experiments / "e" / "seed1" / "run.json").read_text())
     for expected in (
@@ -193,10 +214,35 @@ def test_show_prints_arguments_environment_epochs_and_files(trained_experiments,
         run_json["versions"]["torch"],
     ):
         assert expected in out, expected
+    for dataset_file, digest in run_json["dataset"]["sha256"].items():
+        assert dataset_file in out and digest in out
     code, out, _ = _run(capsys, "show", "e/seed1", "--experiments_folder", str(trained_experiments), "--format", "json")
     shown = json.loads(out)
     assert shown["run_json"] == run_json and shown["metrics"] == _metrics(trained_experiments, "seed1")
     assert shown["files"]["model.pth"] == (trained_experiments / "e" / "seed1" / "model.pth").stat().st_size
+
+
+def test_show_fits_a_terminal_with_hashes_shortened_unless_full(trained_experiments, capsys):
+    code, out, _ = _run(capsys, "show", "e/seed1", "--experiments_folder", str(trained_experiments))
+    assert code == 0
+    run_json = json.loads((trained_experiments / "e" / "seed1" / "run.json").read_text())
+    lines = out.splitlines()
+    assert len(lines) <= 50 and max(map(len, lines)) <= 100  # it was about 60 lines of up to 115 columns
+    assert f"model_sha256   {run_json['model_sha256'][:12]}\n" in out and run_json["model_sha256"] not in out
+    for digest in [*run_json["dataset"]["sha256"].values(), *(run_json.get("lock_files") or {}).values()]:
+        assert digest[:12] not in out  # file hashes only with --full
+    commit = run_json["code"]["commit"]
+    for expected in (
+        "learning_rate=0.001",
+        f"versions.torch={run_json['versions']['torch']}",
+        *([f"code.commit={commit[:12]}  "] if commit else []),
+        "test accuracy per class",
+        "model.pth=",
+        "metrics per epoch",
+    ):
+        assert expected in out, expected
+    full = _run(capsys, "show", "e/seed1", "--experiments_folder", str(trained_experiments), "--full")[1]
+    assert run_json["model_sha256"] in full and len(full.splitlines()) > len(lines)
 
 
 def test_show_hides_credentials_an_earlier_version_kept_in_run_json(experiments, capsys):
@@ -254,6 +300,21 @@ def test_compare_shows_differences_side_by_side_and_plots_curves(trained_experim
     first, same = (tmp_path / "a.png").read_bytes(), (tmp_path / "b.png").read_bytes()
     assert first[:8] == b"\x89PNG\r\n\x1a\n" and len(first) > 20_000
     assert first != same  # different runs, different curves
+
+
+def test_compare_as_json_carries_what_the_text_shows(trained_experiments, capsys, tmp_path):
+    folder = str(trained_experiments)
+    argv = ["compare", "e/seed0", "e/seed1", "--experiments_folder", folder, "--format", "json"]
+    code, out, err = _run(capsys, *argv, "--plot", str(tmp_path / "c.png"))
+    assert code == 0 and "curves plotted to" in err  # stdout is the document alone
+    document = json.loads(out)
+    assert [run["run"] for run in document["runs"]] == ["e/seed0", "e/seed1"]
+    assert document["model_differences"] == {} and document["argument_differences"] == {"seed": [0, 1]}
+    metrics = [_metrics(trained_experiments, run) for run in ("seed0", "seed1")]
+    assert document["final_metrics"]["test_accuracy"] == [m["test_accuracy"] for m in metrics]
+    assert document["final_metrics"]["epochs"] == [2, 2]
+    assert document["class_accuracy"]["plane"] == [m["class_accuracy"]["plane"] for m in metrics]
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_compare_needs_two_runs_and_a_writable_plot(trained_experiments, capsys, tmp_path):

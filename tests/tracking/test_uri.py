@@ -10,7 +10,7 @@ import urllib3
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from image_classifier.tracking.uri import credential_pieces, redacted, split_credentials, without_credentials
+from image_classifier.tracking.uri import credential_pieces, redacted, run_page, split_credentials, without_credentials
 
 MARK = "QZX"  # every generated credential piece holds it at both ends; nothing else does
 # What a password may hold that ends the authority (or the user-info) in one parse or another.
@@ -162,3 +162,25 @@ def test_pieces_are_every_spelling_of_user_and_password():
     )
     # a piece this short is hidden where it stands alone, not inside words
     assert without_credentials("its pieces: 's', 'x'", "http://u:s/x@h") == "its pieces: '***', '***'"
+
+
+@pytest.mark.parametrize(
+    "uri, page",
+    [
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000/#/experiments/1/runs/abc"),
+        ("https://someone:pw-Zk9@mlflow.example.com/", "https://mlflow.example.com/#/experiments/1/runs/abc"),
+        ("http://u:p@host:5000/mlflow?token=tk-9#x", "http://host:5000/mlflow/#/experiments/1/runs/abc"),
+        ("file:///tmp/mlruns", None),
+        ("sqlite:///mlflow.db", None),
+    ],
+)
+def test_a_runs_page_is_on_the_server_without_credentials_query_or_fragment(uri, page):
+    assert run_page(uri, "1", "abc") == page
+
+
+@given(credentials(), st.sampled_from(HOSTS), st.text(max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_a_runs_page_never_holds_a_piece_of_the_credentials(user_info, host, path):
+    joined, _ = user_info
+    page = run_page(f"http://{joined}@{host}:5000/{path}", "7", "r1")
+    assert page is not None and MARK not in page and page.endswith("/#/experiments/7/runs/r1")

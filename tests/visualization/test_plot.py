@@ -31,9 +31,13 @@ def test_curves_show_every_runs_losses_and_accuracy_and_skip_missing_values():
     assert figure._suptitle.get_text() == "compared"
 
 
-def test_curves_of_a_run_without_epochs_say_so():
-    figure = plot_curves({"e/r": []})
-    assert all("no epoch trained" in [t.get_text() for t in axes.texts] for axes in figure.axes)
+def test_curves_of_a_run_without_epochs_say_so_without_an_epoch_axis():
+    figure = plot_curves({"e/r": []}, "e/r: loss and accuracy per epoch")
+    (axes,) = figure.axes
+    (text,) = [t.get_text() for t in axes.texts]
+    assert text.startswith("no epoch trained (--num_epochs 0)") and "metrics.png" in text
+    assert not axes.axison and not axes.lines and axes.get_xlabel() == ""  # no meaningless epoch axis
+    assert figure._suptitle.get_text() == "e/r: loss and accuracy per epoch"
 
 
 def test_the_confusion_matrix_shows_counts_and_row_percentages():
