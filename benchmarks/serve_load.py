@@ -2,6 +2,7 @@
 
     python benchmarks/serve_load.py [--model experiments/local_exp_test/run_1] [--clients 1,8,32] [--requests 100]
         [--litserve_python .venv-litserve/bin/python] [--json results.json]
+    python benchmarks/serve_load.py --workers 2    # our services with --workers 2: compare with --workers 1
 
 Starts, on 127.0.0.1 (free ports) and from the same model: image_classifier_serve with its default settings;
 LitServe (benchmarks/litserve_peer.py, run by the interpreter of its own venv, `make litserve-venv`) serving
@@ -209,10 +210,13 @@ def server_cpu_seconds(pid: int) -> float:
     return total_ns / 1e9
 
 
-def service_counters(port: int) -> dict[str, float]:
-    """Forward passes, images and garbage-collection pause seconds so far, from our service's /metrics."""
+def service_counters(port: int) -> dict[str, float] | None:
+    """Forward passes, images and garbage-collection pause seconds so far, from our service's /metrics; None
+    with --workers > 1, where a scrape shows the counters of the one worker that answered it."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
         text = answer.read().decode()
+    if "image_classifier_worker_info" in text:
+        return None
     counters = {"passes": 0.0, "images": 0.0, "gc_seconds": 0.0}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
@@ -233,7 +237,7 @@ def measure(server: Server, upload: str, png: bytes, clients: int, count: int, w
     seconds, latencies = asyncio.run(load(server.port, request, clients, count))
     cpu = server_cpu_seconds(server.process.pid) - cpu_before
     per_batch = gc_ms = None
-    if server.metrics:
+    if before is not None and server.metrics:
         after = service_counters(server.port)
         passes, images = after["passes"] - before["passes"], after["images"] - before["images"]
         per_batch = images / passes if upload != HEALTH and passes else None
@@ -301,12 +305,15 @@ def main() -> None:
         action="store_true",
         help="also run our service by LitServe's interpreter, where uvicorn picks uvloop and httptools",
     )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of our services (their --workers)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     model = str(Path(args.model).resolve())
     png = test_png()
-    commands = {OURS: ([str(BIN / "image_classifier_serve"), "--model", model, "--host", "127.0.0.1"], True)}
+    workers = ["--workers", str(args.workers)] if args.workers != 1 else []
+    ours = [str(BIN / "image_classifier_serve"), "--model", model, "--host", "127.0.0.1", *workers]
+    commands = {OURS: (ours, True)}
     if args.litserve_python != "none":
         if not Path(args.litserve_python).exists():
             raise SystemExit(f"no LitServe interpreter at {args.litserve_python}: run `make litserve-venv` first")
@@ -342,6 +349,7 @@ def main() -> None:
     results = list(best.values())
     load_average = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python {platform.python_version()}")
+    print(f"our services: --workers {args.workers} (server CPU: every process of a server: supervisor and workers)")
     print(
         f"{args.requests} requests per client (after {args.warmup} warm-up), one keep-alive connection each; "
         f"best of {args.repeats} interleaved runs; 1-minute load average at the end {load_average:.1f}\n"

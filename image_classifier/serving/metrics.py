@@ -3,6 +3,7 @@ and the middleware that counts and times every response."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -129,3 +130,18 @@ class RequestMetrics:
             self.metrics.requests.labels(route, str(status)).inc()
             if status >= 400:
                 self.metrics.errors.labels(route, str(status)).inc()
+
+
+class WorkerInfo(Collector):
+    """worker_info (with --workers N > 1): which worker process answered this scrape. Each worker counts its
+    own requests: a scrape shows the counters of the one worker that accepted it."""
+
+    def __init__(self, number: int) -> None:
+        self._number = number
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            PREFIX + "worker_info", "the worker process that answered this scrape (1)", labels=["worker", "pid"]
+        )
+        family.add_metric([str(self._number), str(os.getpid())], 1)
+        yield family

@@ -8,9 +8,11 @@ Copy-paste examples:
     curl -s -F files=@cat.png -F files=@dog.jpg 'http://127.0.0.1:8000/predict/batch?top_k=1'
     SERVE_TOKEN=s3cret image_classifier_serve --model models:/cifar@production --reload_every 60
     kill -HUP <pid>    # re-resolve models:/cifar@production now; kill -TERM <pid> stops gracefully
+    image_classifier_serve --model experiments/local_exp_test/run_1 --workers 2    # two processes, one port
 
 Exit status: 0 after SIGTERM or SIGINT, 1 if the model cannot be served or the inference worker died (a
-supervisor should restart the service), 2 for a usage error.
+supervisor should restart the service), 2 for a usage error. With --workers N, 1 also when any worker ended
+on its own (the others are then stopped gracefully): see serving/supervisor.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -37,6 +40,7 @@ from image_classifier.data.database import Secret
 from image_classifier.serving.options import add_image_options, add_model_options, model_request_from
 from image_classifier.serving.registry_client import is_alias_uri
 from image_classifier.serving.settings import DEFAULT_MAX_REQUEST_PIXELS, ServeSettings
+from image_classifier.serving.supervisor import supervise, worker_backlog
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "before (a quarter of it, if shorter) are answered 503",
     )
     http.add_argument("--access_log", action="store_true", help="log every request (uvicorn's access log)")
+    http.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="processes serving the port, each with its own model, batcher, --decode_workers and --max_queue; "
+        "SIGHUP and SIGTERM reach them all, and if one ends on its own the service stops with status 1",
+    )
     batching = parser.add_argument_group("batching")
     batching.add_argument(
         "--max_batch_size", type=positive_int, default=32, help="most images per forward pass (1: no batching)"
@@ -151,6 +162,7 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         graceful_timeout=args.graceful_timeout,
         torch_threads=args.torch_threads,
         access_log=args.access_log,
+        workers=args.workers,
         token=token_from_environment(parser),
     )
 
@@ -202,18 +214,27 @@ def _stoppable_server(config, on_stop: Callable[[], None]):
     return Server(config)
 
 
-def serve(settings: ServeSettings, hangups: HangupsDuringStartup | None = None) -> int:
+def serve(
+    settings: ServeSettings,
+    hangups: HangupsDuringStartup | None = None,
+    listener: socket.socket | None = None,
+    worker: int | None = None,
+) -> int:
+    """One service process: on its own port, or as worker number `worker` on the supervisor's `listener`."""
     # Imported here so that --help and usage errors answer at once, without loading torch.
     import torch
     import uvicorn
 
     from image_classifier.serving.app import create_app
+    from image_classifier.serving.metrics import WorkerInfo
     from image_classifier.serving.model_source import load_model
 
     torch.set_num_threads(settings.torch_threads)
     model = load_model(settings.model)  # before binding the port: a bad model is one error line, not a stack
     app = create_app(settings, model, hangup_before_start=hangups)
     state = app.state.service
+    if worker is not None:
+        state.metrics.registry.register(WorkerInfo(worker))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -222,6 +243,7 @@ def serve(settings: ServeSettings, hangups: HangupsDuringStartup | None = None) 
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.graceful_timeout,
         server_header=False,
+        **({} if listener is None else {"backlog": worker_backlog()}),  # the supervisor's socket keeps its own
     )
     server = _stoppable_server(config, on_stop=state.begin_stop)
     state.request_exit = lambda: setattr(server, "should_exit", True)
@@ -233,7 +255,7 @@ def serve(settings: ServeSettings, hangups: HangupsDuringStartup | None = None) 
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        server.run()
+        server.run(sockets=None if listener is None else [listener])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -254,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_from_args(parser, args)
     configure_logging(args.verbose)
-    return exit_code_of(lambda: serve(settings, hangups))
+    if settings.workers == 1:
+        return exit_code_of(lambda: serve(settings, hangups))
+
+    def worker(settings: ServeSettings, listener: socket.socket, number: int) -> int:
+        return exit_code_of(lambda: serve(settings, hangups, listener, number))
+
+    return exit_code_of(lambda: supervise(settings, worker))
 
 
 if __name__ == "__main__":

@@ -45,5 +45,6 @@ class ServeSettings:
     graceful_timeout: float = 30.0
     torch_threads: int = 1
     access_log: bool = False
+    workers: int = 1  # processes serving the one port, each with its own model and batcher (supervisor.py)
     # From $SERVE_TOKEN only (never an option, so it stays off the command line); Secret never shows itself.
     token: Secret | None = None
