@@ -122,12 +122,14 @@ bench: $(VENV)/.dev-installed $(LITSERVE_VENV)/.installed
 litserve-venv: $(LITSERVE_VENV)/.installed
 
 # The base interpreter of the dev venv, and a .pth line that adds the dev venv's packages after LitServe's own.
-$(LITSERVE_VENV)/.installed: $(VENV)/.dev-installed requirements/requirements-litserve.in
+$(LITSERVE_VENV)/.installed: $(VENV)/.dev-installed requirements/requirements-litserve.txt
 	rm -rf $(LITSERVE_VENV)
 	"$$($(BIN)/python -c 'import sys; print(sys._base_executable)')" -m venv $(LITSERVE_VENV)
 	$(BIN)/python -c "import site, sysconfig; print('import site; site.addsitedir(%r)' % sysconfig.get_paths()['purelib'])" \
 		> "$$($(LITSERVE_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_dev_venv.pth"
-	$(LITSERVE_VENV)/bin/python -m pip install --quiet -r requirements/requirements-litserve.in
+	$(LITSERVE_VENV)/bin/python -m pip uninstall --quiet --yes setuptools  # the dev venv's pinned one is used
+	$(LITSERVE_VENV)/bin/python -m pip install --quiet --no-deps --require-hashes -r requirements/requirements-litserve.txt
+	$(LITSERVE_VENV)/bin/python -m pip check
 	touch $@
 
 ## Measure preparing and training on a generated folder of 20,000 images against torchvision's way (README "Performance")
