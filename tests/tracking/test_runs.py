@@ -579,3 +579,23 @@ def test_csv_quotes_every_start_asvs_names(start):
     rows = [{"experiment": "e", "run": "r", "note": start + "cmd|' /C calc'!A0"}]
     (row,) = csv.DictReader(io.StringIO(format_csv(rows, LIST_COLUMNS)))
     assert row["note"] == "'" + start + "cmd|' /C calc'!A0"
+
+
+def test_run_and_experiment_folder_names_cannot_drive_the_terminal(experiments, capsys):
+    """A folder name is text from the disk too (an experiments folder copied from elsewhere): `show`'s title,
+    `compare`'s column headers and notes show it escaped, in text and in every table."""
+    evil = "x\x1b]0;pwned\x07\x1b[2J"
+    (experiments / "e" / "seed0").rename(experiments / "e" / evil)
+    shutil.copytree(experiments / "e", experiments / evil)
+    (experiments / evil / "seed1" / "run.json").write_text("{")  # damaged: compare notes its reason
+    folder = ("--experiments_folder", str(experiments))
+    for argv in (
+        ["show", f"e/{evil}"],
+        ["show", f"e/{evil}", "--full"],
+        ["list"],
+        ["list", "--wide"],
+        ["compare", f"e/{evil}", "e/seed1"],
+        ["compare", f"{evil}/seed1", f"{evil}/{evil}"],
+    ):
+        code, out, err = _run(capsys, *argv, *folder)
+        assert not any(char in out + err for char in "\x1b\x07\r"), argv
