@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 TOKEN_ENV = "SERVE_TOKEN"
 port_int = checked(int, lambda v: 0 <= v <= 65535, "a port from 0 to 65535 (0: any free port)")
 non_negative_float = checked(float, lambda v: 0 <= v < float("inf"), "a finite number of 0 or more")
+# Each worker imports torch and loads its own model (a few hundred MB): a mistyped count (40000 for 4) would
+# fork until the machine ran out of memory or processes, deaf to SIGTERM while forking (supervisor.py).
+MAX_WORKERS = 128
+workers_int = checked(int, lambda v: 1 <= v <= MAX_WORKERS, f"a number of processes from 1 to {MAX_WORKERS}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     http.add_argument("--access_log", action="store_true", help="log every request (uvicorn's access log)")
     http.add_argument(
         "--workers",
-        type=positive_int,
+        type=workers_int,
         default=1,
         help="processes serving the port, each with its own model, batcher, --decode_workers and --max_queue; "
         "SIGHUP and SIGTERM reach them all, and if one ends on its own the service stops with status 1",
@@ -248,12 +252,16 @@ def serve(
     server = _stoppable_server(config, on_stop=state.begin_stop)
     state.request_exit = lambda: setattr(server, "should_exit", True)
     stopped_by: list[int] = []
+
+    def stopped(number, frame) -> None:
+        stopped_by.append(number)
+        # A stop that comes before uvicorn has put its own handlers in place (while it makes its event loop)
+        # must still stop it: uvicorn then starts up and shuts down at once, instead of serving on.
+        server.should_exit = True
+
     # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the previous handler:
     # this one, so that a requested stop ends with exit status 0 instead of death by signal.
-    previous = {
-        sig: signal.signal(sig, lambda number, frame: stopped_by.append(number))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=None if listener is None else [listener])
     finally:

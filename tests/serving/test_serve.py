@@ -369,3 +369,62 @@ def test_when_the_inference_worker_dies_the_service_exits_non_zero(trained_run, 
         assert answer.status_code == 503 and "the inference worker stopped" in answer.json()["error"]
         assert server.process.wait(timeout=120) == 1, server.log()
         assert "exiting with status 1: the inference worker died (WorkerKilled: injected by the test)" in server.log()
+
+
+# SIGTERM at the worst instant: after serve() has put its own handler in place, before uvicorn has put its own
+# (the event loop being made). Sent by the process to itself, it is handled right there.
+TERM_BEFORE_UVICORN_TAKES_IT = """
+import os, signal, sys
+from image_classifier.serving import serve
+
+made = serve._stoppable_server
+
+
+def stoppable_server(config, on_stop):
+    server = made(config, on_stop)
+    run = server.run
+
+    def run_after_a_sigterm(sockets=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+        run(sockets=sockets)
+
+    server.run = run_after_a_sigterm
+    return server
+
+
+serve._stoppable_server = stoppable_server
+sys.exit(serve.main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_just_before_uvicorn_takes_over_still_stops_the_service(trained_run, tmp_path):
+    """It was only recorded (for the exit status): the service then served on, deaf to that stop, until a
+    SIGKILL. As one of --workers N, its supervisor killed it --graceful_timeout + 30 s later and exited 1."""
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", TERM_BEFORE_UVICORN_TAKES_IT, "--model", str(trained_run), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert process.wait(timeout=240) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "stopped by SIGTERM" in log_path.read_text()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "100000", "10" * 30, "2.5", "\x1b[2Jx"])
+def test_workers_out_of_range_is_a_usage_error_that_does_not_show_the_value(value, capsys):
+    """A mistyped count (--workers 40000 for 4) would fork that many processes, each importing torch and loading
+    a model, until the machine ran out of memory or processes: refused before anything is forked."""
+    from image_classifier.serving import serve
+
+    with pytest.raises(SystemExit) as stop:
+        serve.main(["--model", "anything", "--workers", value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and value not in err.replace("--workers", "")
