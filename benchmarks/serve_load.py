@@ -114,18 +114,37 @@ def start_server(name: str, command: list[str], log_path: Path, metrics: bool) -
             [*command, "--port", str(port)], stdout=log, stderr=log, cwd=REPO, start_new_session=True
         )
     server = Server(name, process, port, metrics)
-    deadline = time.monotonic() + 300  # importing torch takes 10-40 s on a busy machine
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{name} exited with {process.returncode}; its log:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as answer:
-                if answer.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.5)
-    stop_server(server)
-    raise SystemExit(f"{name} did not become ready; its log:\n{log_path.read_text()[-3000:]}")
+    try:
+        deadline = time.monotonic() + 300  # importing torch takes 10-40 s on a busy machine
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"{name} exited with {process.returncode}; its log:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as answer:
+                    if answer.status == 200:
+                        return server
+            except OSError:
+                time.sleep(0.5)
+        raise SystemExit(f"{name} did not become ready; its log:\n{log_path.read_text()[-3000:]}")
+    except BaseException:  # Ctrl-C while it starts, the longest wait: no terminal signal reaches its session
+        stop_servers([server])
+        raise
+
+
+def stop_servers(servers: list[Server]) -> None:
+    """Every one, even if Ctrl-C or SIGTERM comes again meanwhile (then raised once they are stopped)."""
+    stopping = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    try:
+        for server in servers:
+            stop_server(server)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _stopped(number, frame) -> None:
+    """SIGTERM or SIGHUP (`timeout`, a CI runner, a closed terminal) unwinds as Ctrl-C does: servers stopped."""
+    raise SystemExit(128 + number)
 
 
 def stop_server(server: Server) -> None:
@@ -308,6 +327,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes of our services (their --workers)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args()
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _stopped)
     clients = [int(c) for c in args.clients.split(",")]
     model = str(Path(args.model).resolve())
     png = test_png()
@@ -344,8 +365,7 @@ def main() -> None:
                     if key not in best or result.per_second > best[key].per_second:
                         best[key] = result
         finally:
-            for server in servers.values():
-                stop_server(server)
+            stop_servers(list(servers.values()))
     results = list(best.values())
     load_average = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python {platform.python_version()}")

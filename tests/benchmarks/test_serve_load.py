@@ -5,9 +5,15 @@ This checks the script, not the speed: no timing is asserted. LitServe runs from
 (`make litserve-venv`, which `make test` builds first).
 """
 
+import contextlib
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +58,53 @@ def test_the_serving_benchmark_writes_every_figure_for_both_servers(tmp_path):
     assert "| upload | server | clients | requests/s | p50 ms | p95 ms | p99 ms |" in result.stdout
     assert "| multipart | LitServe | 3 |" in result.stdout
     assert "| raw | image_classifier_serve | 3 |" in result.stdout
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_benchmark_stops_the_server_it_was_starting(sig, tmp_path):
+    """Ctrl-C (or a SIGTERM, from `timeout` or a CI runner) while a server imports torch and loads its model,
+    the longest wait of a run: the server, in a session of its own that no terminal signal reaches, was left
+    running (serving on its port once ready, for ever)."""
+    benchmark = subprocess.Popen(
+        [sys.executable, str(BENCHMARK), "--model", str(tmp_path / "model"), "--litserve_python", "none"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(benchmark.pid):
+            assert benchmark.poll() is None and time.monotonic() < deadline, benchmark.communicate()
+            time.sleep(0.05)
+        (server,) = _children(benchmark.pid)
+        benchmark.send_signal(sig)
+        benchmark.wait(timeout=120)
+        assert benchmark.returncode != 0
+        assert not _alive(server), "the server outlived the benchmark"
+    finally:
+        for pid in _children(benchmark.pid) + ([server] if "server" in locals() else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if benchmark.poll() is None:
+            benchmark.kill()
+        benchmark.wait()
