@@ -132,8 +132,11 @@ class MicroBatcher:
                         future.set_exception(stopped)
                 raise
             finally:
-                for _ in batch:
+                for _ in range(len(batch)):
                     self._queue.task_done()
+                # Not kept while waiting for the next request: its images, its answers and, through them, the
+                # model that computed them (a model a reload swapped out would live on until the next batch).
+                batch = None
 
     async def _fill(self, batch: list[tuple[np.ndarray, asyncio.Future]]):
         """Add queued (and, while some are announced, arriving) requests; return one that did not fit."""

@@ -3,6 +3,7 @@ the full collections that walked them stalled every request for up to 330 ms (RE
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 
@@ -12,8 +13,9 @@ from image_classifier.serving.app import create_app
 from image_classifier.serving.heap import freeze_startup_objects, unfreeze
 from image_classifier.serving.model_request import ModelRequest
 from image_classifier.serving.model_source import load_model
+from image_classifier.serving.reload import reload_model
 from image_classifier.serving.settings import ServeSettings
-from tests.serving.conftest import metric_value, png_bytes
+from tests.serving.conftest import metric_value, png_bytes, variant_run
 
 
 def tracked(thing: object) -> bool:
@@ -67,3 +69,29 @@ def test_a_frozen_model_is_still_freed_when_a_reload_drops_it(trained_run):
         assert [reference() for reference in references] == [None, None, None]
     finally:
         unfreeze()
+
+
+def test_models_swapped_out_by_reloads_are_freed_while_the_service_holds_its_start_up_objects_frozen(
+    trained_run, offline, tmp_path
+):
+    """The swap path itself (reload.py, after requests were answered by the model): every model a reload drops,
+    the frozen start-up one first, is freed at once by reference counting. A reference cycle through one would
+    keep it (and its weights) for ever in the permanent generation, or until a full collection: repeated SIGHUPs
+    would then grow the process without bound."""
+    variant = variant_run(trained_run, tmp_path / "variant", change=lambda state: state["fc3.bias"].add_(1.0))
+    runs = [variant, trained_run]
+    image = png_bytes(offline.images[0])
+    with TestClient(create_app(ServeSettings(model=ModelRequest(str(trained_run))))) as client:
+        state = client.app.state.service
+        gc.disable()  # only reference counting may free them
+        try:
+            for swap in range(4):
+                answer = client.post("/predict", content=image, headers={"Content-Type": "image/png"})
+                assert answer.status_code == 200
+                dropped = [weakref.ref(state.model), weakref.ref(state.model.net)]
+                state.settings = dataclasses.replace(state.settings, model=ModelRequest(str(runs[swap % 2])))
+                client.portal.call(reload_model, state, "test")
+                assert dropped[0]() is not state.model, "no swap happened"
+                assert [reference() for reference in dropped] == [None, None], f"swap {swap}"
+        finally:
+            gc.enable()
