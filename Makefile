@@ -25,7 +25,7 @@ HELP_VARIABLES := PYTHON VENV DATASET SAMPLE_DATASET SAMPLE_IMAGES EXPERIMENTS E
 
 ## Show this help
 help:
-	@$(foreach name,$(HELP_VARIABLES),$(name)='$($(name))') awk '\
+	@$(foreach name,$(HELP_VARIABLES),$(name)='$(subst ','\'',$($(name)))') awk '\
 		/^## / { doc = substr($$0, 4); \
 			while (match(doc, /\$$\([A-Za-z_]+\)/) && (substr(doc, RSTART + 2, RLENGTH - 3) in ENVIRON)) \
 				doc = substr(doc, 1, RSTART - 1) ENVIRON[substr(doc, RSTART + 2, RLENGTH - 3)] substr(doc, RSTART + RLENGTH); \

@@ -164,3 +164,18 @@ def test_make_help_shows_the_variables_values_not_their_names(tmp_path):
     assert "into data/sample_dataset if it is missing" in lines["data"]
     assert "Train on data/cifar_dataset (default" in lines["train"]
     assert f"keeps {tmp_path}/venv and the experiments" in lines["clean"]
+
+
+def test_make_help_shows_a_value_with_quotes_as_it_is_and_never_runs_it(tmp_path):
+    """A folder named "Bob's images" broke `make help`, and a value such as it's `cmd` ran cmd (the values were
+    pasted into the shell command between single quotes)."""
+    value = f"{tmp_path}/Bob's `touch {tmp_path}/ran` images"
+    result = subprocess.run(
+        ["make", "-C", str(REPO_ROOT), "--no-print-directory", "help", f"SAMPLE_IMAGES={value}"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "ran").exists()
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert f"into {value} if it is missing" in lines["images"]
