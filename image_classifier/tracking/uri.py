@@ -25,6 +25,8 @@ _DELIMITERS = re.compile(r"[:/\\?#@\[\]\s]+")
 # Characters left as they are when a URL is %-encoded again: by requests (requests.utils.requote_uri),
 # and by urllib3 (the user-info, path and query characters of urllib3.util.url).
 _SAFE_CHARACTERS = ("!#$%&'()*+,/:;=?@[]~", "!$&'()*+,;=:@/?")
+# Left as they are in a run's page: a host, port and path (and %-escapes already there).
+_PAGE_SAFE = "!$&'()*+,/:=@[]~%"
 # Pieces this short are only hidden where they stand alone: searched inside words, a one-letter piece of a
 # password would blank every such letter of a message.
 _SHORT = 4
@@ -74,13 +76,15 @@ def redacted(uri: str) -> str:
 
 def run_page(uri: str, experiment_id: str, run_id: str) -> str | None:
     """The address of a run's page in the MLflow UI of the server at `uri` (http or https), without the
-    credentials, query or fragment of the URI (a token may sit in either); None for a store that is not a
-    server (a folder, a database)."""
+    credentials, path parameters, query or fragment of the URI (a token or session may sit in any); None for a
+    store that is not a server (a folder, a database). Visible ASCII only, %-encoded where need be: it is logged
+    to a terminal, where a control character from the URI (or an id from the server) could drive it."""
     prefix, _, rest = split_credentials(uri)
     if prefix.lower() not in ("http://", "https://"):
         return None
-    server = re.split(r"[?#]", rest, maxsplit=1)[0].rstrip("/")
-    return f"{prefix}{server}/#/experiments/{experiment_id}/runs/{run_id}"
+    server = urllib.parse.quote(re.split(r"[?#;]", rest, maxsplit=1)[0].rstrip("/"), safe=_PAGE_SAFE)
+    experiment, run = (urllib.parse.quote(part, safe="") for part in (experiment_id, run_id))
+    return f"{prefix}{server}/#/experiments/{experiment}/runs/{run}"
 
 
 def _spellings(text: str) -> set[str]:

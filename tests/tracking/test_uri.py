@@ -184,3 +184,20 @@ def test_a_runs_page_never_holds_a_piece_of_the_credentials(user_info, host, pat
     joined, _ = user_info
     page = run_page(f"http://{joined}@{host}:5000/{path}", "7", "r1")
     assert page is not None and MARK not in page and page.endswith("/#/experiments/7/runs/r1")
+
+
+@given(st.text(min_size=4, max_size=12, alphabet=st.characters(codec="ascii", exclude_characters="/?#@;")))
+@settings(max_examples=200, deadline=None)
+def test_a_runs_page_never_holds_a_path_parameter(token):
+    """A session or token in a path parameter (`;jsessionid=...`, as some auth proxies put it) is no part of the
+    UI's address, and would sit in every log line that names the run."""
+    page = run_page(f"https://u:p@host:5000/mlflow;jsessionid={token}", "7", "r1")
+    assert page == "https://host:5000/mlflow/#/experiments/7/runs/r1"
+
+
+@given(st.text(max_size=16))
+@settings(max_examples=300, deadline=None)
+def test_a_runs_page_is_printable_ascii_whatever_the_uri_holds(path):
+    """It is logged to a terminal: a control character (an escape sequence) in the URI must not reach it."""
+    page = run_page(f"http://host:5000/{path}", "7", "r1")
+    assert page is not None and all(" " < character <= "~" for character in page), page
