@@ -123,7 +123,7 @@ litserve-venv: $(LITSERVE_VENV)/.installed
 
 # The base interpreter of the dev venv, and a .pth line that adds the dev venv's packages after LitServe's own.
 $(LITSERVE_VENV)/.installed: $(VENV)/.dev-installed requirements/requirements-litserve.txt
-	rm -rf $(LITSERVE_VENV)
+	rm -rf "$(LITSERVE_VENV)"
 	"$$($(BIN)/python -c 'import sys; print(sys._base_executable)')" -m venv $(LITSERVE_VENV)
 	$(BIN)/python -c "import site, sysconfig; print('import site; site.addsitedir(%r)' % sysconfig.get_paths()['purelib'])" \
 		> "$$($(LITSERVE_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_dev_venv.pth"
