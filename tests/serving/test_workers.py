@@ -308,6 +308,7 @@ def test_ctrl_c_stops_both_workers_once_and_exits_0(trained_run, tmp_path):
     """SIGINT to the supervisor (a terminal's Ctrl-C reaches only it: the workers have process groups of their
     own) is passed on once: a graceful stop, not uvicorn's forced one of a second Ctrl-C."""
     with running_server(tmp_path, "--model", str(trained_run), "--workers", "2") as server:
+        scrape_each_worker(server)  # both serving: a stop while a worker still loads ends it without a log line
         workers = children(server.process.pid)
         assert all(os.getpgid(pid) != os.getpgid(server.process.pid) for pid in workers)
         server.process.send_signal(signal.SIGINT)
@@ -318,6 +319,7 @@ def test_ctrl_c_stops_both_workers_once_and_exits_0(trained_run, tmp_path):
 
 def test_the_workers_stop_when_the_supervisor_is_killed(trained_run, tmp_path):
     with running_server(tmp_path, "--model", str(trained_run), "--workers", "2") as server:
+        scrape_each_worker(server)  # both serving: a stop while a worker still loads ends it without a log line
         workers = children(server.process.pid)
         server.process.kill()
         server.process.wait(timeout=60)
