@@ -8,33 +8,27 @@ The unfinished directory only ever appears complete with its first checkpoint an
 into a staging directory (`<run>.incomplete~staging-<pid>`) that is then renamed into place. Whoever runs or
 resumes the run holds an advisory lock (`flock`) on that directory until the run finishes or fails (or the
 process ends, SIGKILL included), so a second process (a scheduler restarting a job that still runs) is
-refused instead of writing beside it. Readers (`image_classifier_runs list`) find out whether a run is held
-from /proc/locks, and where that cannot tell (a holder in another pid namespace is left out of it) by trying
-a shared lock for an instant, which a writer waits out: a writer never fails because somebody was listing.
-
-`flock` is per machine on network file systems (NFS with `local_lock`, CIFS/SMB, most FUSE file systems):
-there a run directory gets a warning that a second process on another host is not excluded.
+refused instead of writing beside it. The lock itself, and how readers (`image_classifier_runs list`) ask
+about it without disturbing a writer, is `locking.py`'s; on a network file system the run gets a warning
+that a second process on another host is not excluded.
 
 Nothing here imports torch at module level: reading runs (the `runs` command) needs no torch.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from image_classifier.durable_files import fsync_path, replace_atomically, strict_json
 from image_classifier.errors import RunDirectoryError
+from image_classifier.locking import DirectoryLock, is_locked, lock_directory, warn_if_lock_is_local
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,142 +57,6 @@ def sha256_of(path: Path) -> str:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-# A writer that finds the lock taken retries this long before it concludes that another process holds it:
-# where readers cannot see locks without taking one (no /proc/locks), their probe holds it for microseconds.
-LOCK_RETRY_SECONDS = 1.0
-# flock errors that mean "this file system cannot lock" (NFS without a lock manager, or one that turns flock
-# into POSIX locks and so refuses an exclusive lock on a read-only descriptor), not "somebody holds it".
-_CANNOT_LOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL, errno.ENOSYS)
-# File systems whose locks may not reach other hosts. Cluster file systems with a distributed lock manager
-# (gfs2, ocfs2) lock across hosts and are not listed.
-NETWORK_FILE_SYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "afs", "gpfs", "beegfs", "fuse"}
-)
-# FUSE file systems that live on this machine (their locks are this kernel's): not warned about.
-LOCAL_FUSE_FILE_SYSTEMS = frozenset({"fuseblk", "fuse.fuse-overlayfs", "fuse.lxcfs", "fuse.squashfuse"})
-MOUNT_INFO = Path("/proc/self/mountinfo")
-PROC_LOCKS = Path("/proc/locks")
-
-
-@dataclass
-class DirectoryLock:
-    """An exclusive `flock` on a directory, held until `release()` or the end of the process. `fd` is None
-    where the file system cannot lock at all (a warning said so): then nothing is held."""
-
-    directory: Path
-    fd: int | None
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def lock_directory(directory: Path) -> DirectoryLock | None:
-    """The exclusive lock on `directory`, or None if another process holds it."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    deadline = time.monotonic() + LOCK_RETRY_SECONDS
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return DirectoryLock(directory, fd)
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.01)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in _CANNOT_LOCK:
-                raise
-            logger.warning(
-                "cannot lock %s (%s: its file system does not support flock); nothing stops another process "
-                "from working in it at the same time",
-                directory,
-                exc.strerror,
-            )
-            return DirectoryLock(directory, None)
-
-
-def _listed_locks(directory: Path) -> bool | None:
-    """Whether the kernel lists a lock on `directory` in /proc/locks (None where there is no such file).
-
-    A listed lock is held; an unlisted one may be held all the same: /proc/locks leaves out the locks of
-    processes that its pid namespace cannot see (a trainer in another container, seen from this one).
-    """
-    try:
-        table = PROC_LOCKS.read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    status = os.stat(directory)
-    # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2147876 0 EOF": device as hex major:minor, then the inode.
-    key = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
-    # A line with "->" is a process waiting for a lock, not holding one.
-    return any(key in line.split() and "->" not in line for line in table.splitlines())
-
-
-def is_locked(directory: Path) -> bool:
-    """Whether a live process holds `directory`'s lock (runs in it) right now, in any pid namespace.
-
-    A lock that /proc/locks lists is answered without touching it. Otherwise (not listed, which proves
-    nothing across pid namespaces, or no /proc/locks) a shared lock is tried and let go at once: the
-    flock itself is the same for every namespace, and a writer starting at that instant retries for
-    LOCK_RETRY_SECONDS (see lock_directory), so the probe never makes it fail.
-    """
-    if _listed_locks(directory):
-        return True
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False  # no locks on this file system: nobody can hold one
-    finally:
-        os.close(fd)
-    return False
-
-
-def file_system_type(path: Path, mount_info: Path | None = None) -> str | None:
-    """The type of the file system `path` lives on ("ext4", "nfs4", "fuse.sshfs"), from the kernel's mount
-    table (`mount_info`, default /proc/self/mountinfo), matched by device number; None where that table
-    cannot be read."""
-    try:
-        device = os.stat(path).st_dev
-        lines = (mount_info or MOUNT_INFO).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    wanted = f"{os.major(device)}:{os.minor(device)}"
-    for line in lines:
-        # "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue": the device is
-        # the third field, the type follows the "-" that ends the optional fields.
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == wanted and "-" in fields[3:]:
-            after = fields.index("-", 3) + 1
-            if after < len(fields):
-                return fields[after]
-    return None
-
-
-def is_network_file_system(kind: str | None) -> bool:
-    if kind is None or kind in LOCAL_FUSE_FILE_SYSTEMS:
-        return False
-    return kind in NETWORK_FILE_SYSTEMS or kind.split(".")[0] in NETWORK_FILE_SYSTEMS
-
-
-def warn_if_lock_is_local(path: Path, what: str) -> None:
-    """Warn when `path` is on a network file system, where a `flock` may exclude this host's processes only."""
-    kind = file_system_type(path)
-    if is_network_file_system(kind):
-        logger.warning(
-            "%s is on a network file system (%s): its lock may not be seen by other hosts, so never run %s "
-            "from two machines at once",
-            path,
-            kind,
-            what,
-        )
 
 
 class RunDirectory:

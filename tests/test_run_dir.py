@@ -11,19 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from image_classifier import file_systems, locking
 from image_classifier import run_dir as run_dir_module
 from image_classifier import trainer
 from image_classifier.errors import RunDirectoryError
+from image_classifier.file_systems import file_system_type, is_network_file_system
+from image_classifier.locking import is_locked
 from image_classifier.main import main
-from image_classifier.run_dir import (
-    CHECKPOINT_FILE,
-    STAGING_MARKER,
-    RunDirectory,
-    file_system_type,
-    is_locked,
-    is_network_file_system,
-    sha256_of,
-)
+from image_classifier.run_dir import CHECKPOINT_FILE, STAGING_MARKER, RunDirectory, sha256_of
 from tests.conftest import PASSWORD, trainer_args
 
 
@@ -237,7 +232,7 @@ def test_the_file_system_type_comes_from_the_mount_table(tmp_path):
 
 
 def test_a_run_on_a_network_file_system_is_warned_about(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(run_dir_module, "MOUNT_INFO", _mount_table(tmp_path, "nfs4"))
+    monkeypatch.setattr(file_systems, "MOUNT_INFO", _mount_table(tmp_path, "nfs4"))
     with caplog.at_level(logging.WARNING), RunDirectory(tmp_path / "e" / "r") as run_dir:
         run_dir.create({}, {})
     assert "is on a network file system (nfs4)" in caplog.text and "two machines" in caplog.text
@@ -285,7 +280,7 @@ def test_a_run_held_by_a_process_that_proc_locks_leaves_out_is_still_running(tmp
     sees an empty table while a trainer in another holds the run. The run is running, not "killed"."""
     empty = tmp_path / "locks"
     empty.write_text("")  # /proc/locks as read from another pid namespace
-    monkeypatch.setattr(run_dir_module, "PROC_LOCKS", empty)
+    monkeypatch.setattr(locking, "PROC_LOCKS", empty)
     with RunDirectory(tmp_path / "e" / "r") as run_dir:
         run_dir.create({"step": 0}, {})
         assert is_locked(run_dir.work_dir)
@@ -298,7 +293,7 @@ def test_a_run_held_from_another_pid_namespace_is_seen_as_running(tmp_path):
     ask = [
         sys.executable,
         "-c",
-        "import sys; from pathlib import Path; from image_classifier.run_dir import "
+        "import sys; from pathlib import Path; from image_classifier.locking import "
         "is_locked; print(is_locked(Path(sys.argv[1])))",
     ]
     namespace = ["unshare", "--pid", "--fork", "--mount-proc"]
