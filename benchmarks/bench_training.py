@@ -57,7 +57,7 @@ from image_classifier.model.model import Net
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
 from image_classifier.reproducibility import configure_determinism
-from image_classifier.trainer import memory_format, torch_threads_for
+from image_classifier.training_setup import memory_format, torch_threads_for
 
 TRAIN_BATCH_SIZES = (4, 32, 128, 512)
 NOTEBOOK_BATCH_SIZE = 4  # the notebook's, for training and testing

@@ -25,7 +25,7 @@ from image_classifier.data.batches import ImageSplit, iterate_batches, prepare_s
 from image_classifier.model.model import Net
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.reproducibility import configure_determinism
-from image_classifier.trainer import memory_format, torch_threads_for
+from image_classifier.training_setup import memory_format, torch_threads_for
 
 
 def build_parser() -> argparse.ArgumentParser:

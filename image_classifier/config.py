@@ -34,7 +34,7 @@ class TrainConfig:
     num_workers: int = 2
     batch_size: int = 4
     eval_batch_size: int = 1000
-    num_threads: int = 0  # 0: chosen from the batch size (see trainer.torch_threads_for)
+    num_threads: int = 0  # 0: chosen from the batch size (see training_setup.torch_threads_for)
     channels_last: bool = True
     amp: bool = False
     architecture: str = "net"  # the notebook's Net, or a torchvision classification model by name

@@ -11,14 +11,18 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from image_classifier.errors import UserError
+from image_classifier.errors import DistributedRunError, UserError
+
+logger = logging.getLogger(__name__)
 
 # How long a rank waits for the others in a collective before it gives up. torchrun's agent tears the job
 # down as soon as one rank exits with an error; this bounds the wait when a rank hangs instead.
@@ -134,3 +138,45 @@ def runtime_for(device_name: str) -> Iterator[Runtime]:
         yield Runtime(device, rank, world_size)
     finally:
         dist.destroy_process_group()
+
+
+def check_same_data(runtime: Runtime, fingerprint: object) -> None:
+    """Under torchrun: every rank must have read the same dataset (a file changed between them otherwise)."""
+    if not runtime.distributed:
+        return
+    fingerprints = runtime.gather(fingerprint)
+    if any(other != fingerprints[0] for other in fingerprints):
+        raise DistributedRunError("the processes read different datasets: a file changed while the job started")
+
+
+def check_same_weights(runtime: Runtime, model: torch.nn.Module) -> None:
+    """Under torchrun: every rank must end with bit-identical weights (DDP keeps them so; this proves it)."""
+    if not runtime.distributed:
+        return
+    digests = runtime.gather(weights_digest(model))
+    if len(set(digests)) != 1:
+        raise DistributedRunError(f"the processes ended with different weights (sha256 by rank: {digests})")
+    # Not model.pth's sha256: that hashes the file (a zip archive), this the tensors' bytes.
+    logger.info(
+        "weights identical on all %d processes (sha256 of the weight tensors %s; model.pth's sha256, of the "
+        "file, is in run.json)",
+        len(digests),
+        digests[0],
+    )
+
+
+def lost_a_peer(exc: RuntimeError) -> bool:
+    """Whether `exc` says that another process of the job died (torchrun names which one)."""
+    # A collective whose partner died raises DistError, or, from DDP's backward hooks, a plain RuntimeError
+    # carrying the transport's message ("[.../gloo/transport/tcp/pair.cc:545] Read error ... Connection reset
+    # by peer", or NCCL's).
+    return isinstance(exc, torch.distributed.DistError) or any(word in str(exc) for word in ("gloo", "NCCL"))
+
+
+def peer_failure(exc: RuntimeError, work_dir: Path) -> DistributedRunError:
+    """The one-line error for a job that lost a process: what happened and how to go on."""
+    first_line = str(exc).strip().splitlines()[0]
+    return DistributedRunError(
+        f"another process of this torchrun job failed ({first_line}); torchrun names it. The run stays "
+        f"unfinished in {work_dir}: run the same torchrun command with --resume"
+    )

@@ -227,3 +227,8 @@ def environment_facts() -> dict:
         "git": git,
         "lock_files": _lock_file_record(),
     }
+
+
+def run_environment(device: torch.device) -> dict:
+    """Where the run's bytes come from besides data and arguments: device, GPU, code, versions, platform."""
+    return {"device": str(device), "gpu": gpu_facts(device), **environment_facts()}

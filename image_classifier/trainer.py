@@ -1,4 +1,8 @@
-"""A whole training run: load the data, build the model, train and evaluate epoch by epoch, record it all.
+"""One training run's lifecycle: open it (new or resumed), train and evaluate epoch by epoch, publish it.
+
+The parts live in their own rooms: the checkpoint's format and the resume checks in `checkpoint.py`, the
+data and model built from the config in `training_setup.py`, run.json's record in `run_record.py`, the
+figures in `visualization/run_figures.py`, torchrun's checks in `distributed.py`.
 
 The run is checkpointed into its unfinished run directory at its start, after the training part of every
 epoch, after every evaluation, every `checkpoint_every` steps and when SIGINT or SIGTERM arrives. A
@@ -15,144 +19,43 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from image_classifier.checkpoint import (
-    CHECKPOINT_FORMAT,
-    check_arguments,
-    check_dataset,
-    check_environment,
-    check_format,
-    check_world_size,
-    started_config,
-)
+from image_classifier.checkpoint import RunState, capture, check_environment, open_checkpoint, restore, started_config
 from image_classifier.clock import utc_timestamp
 from image_classifier.config import TrainConfig
-from image_classifier.data.batches import BatchAugmentation, iterate_batches, num_batches, prepare_split
-from image_classifier.data.data import DataOptions, TrainTestData, get_train_test_data
-from image_classifier.data.database import load_settings
-from image_classifier.distributed import Runtime, runtime_for, weights_digest
-from image_classifier.errors import DistributedRunError, ModelSpecError, TrainingInterrupted
+from image_classifier.data.batches import BatchAugmentation, iterate_batches, num_batches
+from image_classifier.data.data import TrainTestData
+from image_classifier.distributed import Runtime, check_same_weights, lost_a_peer, peer_failure, runtime_for
+from image_classifier.errors import TrainingInterrupted
 from image_classifier.manifest import last_environment
-from image_classifier.model.architectures import (
-    build_model,
-    check_architecture,
-    check_deterministic_kernels,
-    check_trains_on_one_image,
-    load_pretrained,
-)
+from image_classifier.model.architectures import check_architecture, load_pretrained
 from image_classifier.model.model import read_state_dict
 from image_classifier.model.optimizer import MomentumSGD
-from image_classifier.model.spec import SPEC_KEY, ModelSpec, new_spec
+from image_classifier.model.spec import ModelSpec
 from image_classifier.model.training import EpochProgress, build_optimizer, train_one_epoch
 from image_classifier.model.validation import evaluate
-from image_classifier.reproducibility import (
-    capture_rng_state,
-    configure_determinism,
-    environment_facts,
-    gpu_facts,
-    restore_rng_state,
-    seed_everything,
-)
-from image_classifier.run_dir import (
-    CONFUSION_MATRIX_FILE,
-    CURVES_FILE,
-    METRICS_FILE,
-    PLOT_FILE,
-    RUN_FILE,
-    RunDirectory,
-    sha256_of,
-)
+from image_classifier.reproducibility import configure_determinism, run_environment, seed_everything
+from image_classifier.run_dir import METRICS_FILE, RUN_FILE, RunDirectory
+from image_classifier.run_record import epoch_record, new_manifest, pretrained_record, record_resume, record_tracking
 from image_classifier.secret import Secret
+from image_classifier.stop_signals import StopSignals
 from image_classifier.tracking.pretrained import resolve_pretrained_model
 from image_classifier.tracking.run_logger import open_run_logger
+from image_classifier.training_setup import (
+    augment_generator,
+    load_data,
+    memory_format,
+    model_on_device,
+    torch_threads_for,
+)
+from image_classifier.visualization.run_figures import save_figures
 
 logger = logging.getLogger(__name__)
-
-# Below this batch size a new run trains on one CPU thread, from it on every core. On the README's quiet
-# 2-core machine 2 threads trained 1.7-1.8x faster than 1 at batch 128 and 512, and 13 % slower at batch 4
-# (too little work per kernel to share). While other work loads the machine, 2 threads are 3x to 30x
-# slower at every batch size (each kernel waits for a descheduled partner): `--num_threads 1` there.
-SINGLE_THREAD_BELOW_BATCH = 128
-DATASET_MANIFEST_KEY = "dataset_manifest"  # run.json's list of an image folder's files
-
-
-def torch_threads_for(config: TrainConfig) -> int:
-    """The CPU thread count a new run uses: --num_threads, or one chosen from the batch size."""
-    if config.num_threads:
-        return config.num_threads
-    return 1 if config.batch_size < SINGLE_THREAD_BELOW_BATCH else torch.get_num_threads()
-
-
-def memory_format(config: TrainConfig) -> torch.memory_format:
-    return torch.channels_last if config.channels_last else torch.contiguous_format
-
-
-class StopSignals:
-    """Turn the first SIGINT/SIGTERM into a request honoured between steps, so no checkpoint is torn.
-
-    Not under torchrun (`enabled=False`): ranks stopping at different steps would wait for each other
-    forever; there the signal ends the process and `--resume` continues from the last checkpoint.
-    """
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.received: int | None = None
-        self._previous: dict = {}
-        self._enabled = enabled
-
-    def __enter__(self) -> StopSignals:
-        if not self._enabled:
-            return self
-        try:
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        except ValueError:  # not the main thread (e.g. some notebook front-ends): keep the default handlers
-            self._previous = {}
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signal_number: int, frame) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
-        self.received = signal_number
-        logger.warning("%s received: stopping after this step", signal.Signals(signal_number).name)
-
-
-@dataclasses.dataclass
-class RunState:
-    """What changes as the run goes on; saved in every checkpoint."""
-
-    progress: EpochProgress
-    # What run.json says; kept in the checkpoint (but for an image folder's list of files, see
-    # `TrainingSession.checkpoint`), so a resume never depends on run.json.
-    manifest: dict
-    order: torch.Tensor | None = None  # this epoch's data order, drawn when the epoch starts
-    history: list[dict] = dataclasses.field(default_factory=list)
-
-
-def epoch_record(
-    progress: EpochProgress, mean_loss: float, metrics: dict, train_seconds: float, train_images: int
-) -> dict:
-    """One entry of metrics.json's history: the epoch's losses, accuracies, time and training throughput."""
-    return {
-        "epoch": progress.epoch,
-        "train_loss": mean_loss,
-        "test_loss": metrics["test_loss"],
-        "test_accuracy": metrics["test_accuracy"],
-        "class_accuracy": metrics["class_accuracy"],
-        "seconds": round(progress.seconds, 3),
-        # Training only (evaluation excluded), over every process that worked on this epoch (resumes).
-        "images_per_second": round(train_images / train_seconds, 1) if train_seconds > 0 else None,
-    }
 
 
 def _ignore_epoch(entry: dict) -> None:
@@ -180,54 +83,9 @@ class TrainingSession:
         return self.runtime.device
 
     def save_checkpoint(self, state: RunState) -> None:
-        checkpoint = self.checkpoint(state)  # a collective under torchrun: every rank gets here
+        checkpoint = capture(self, state)  # a collective under torchrun: every rank gets here
         if self.runtime.is_main_process():
             self.run_dir.save_checkpoint(checkpoint)
-
-    def checkpoint(self, state: RunState) -> dict:
-        # Every rank's own loss sums: each rank resumes its part of the epoch's mean loss exactly.
-        rank_losses = self.runtime.gather([state.progress.loss_sum, state.progress.window_loss_sum])
-        rng = {**capture_rng_state(), "shuffle": self.shuffle.get_state()}
-        if self.augment is not None:  # each rank draws its own augmentation: every rank's state is kept
-            rng["augment_by_rank"] = self.runtime.gather(self.augment.generator.get_state())
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.result_fields(),
-            "dataset_sha256": self.data.fingerprint,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "progress": dataclasses.asdict(state.progress),
-            # Without an image folder's list of files: about 150 bytes a file (150 MB for a million images),
-            # pickled again at every checkpoint. The dataset's hash above holds a resume to the same files,
-            # and `restore` puts the list back from them.
-            "manifest": {key: value for key, value in state.manifest.items() if key != DATASET_MANIFEST_KEY},
-            "order": state.order,
-            "history": state.history,
-            "rng": rng,
-            "torch_num_threads": torch.get_num_threads(),
-            "world_size": self.runtime.world_size,
-            "rank_losses": rank_losses,
-        }
-
-    def restore(self, checkpoint: dict) -> RunState:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        restore_rng_state(checkpoint["rng"])
-        self.shuffle.set_state(checkpoint["rng"]["shuffle"])
-        if self.augment is not None:
-            self.augment.generator.set_state(checkpoint["rng"]["augment_by_rank"][self.runtime.rank])
-        progress = EpochProgress(**checkpoint["progress"])
-        if "rank_losses" in checkpoint:
-            progress.loss_sum, progress.window_loss_sum = checkpoint["rank_losses"][self.runtime.rank]
-        manifest = dict(checkpoint["manifest"])
-        if self.data.manifest is not None:  # the same files: check_dataset compared their hash first
-            manifest[DATASET_MANIFEST_KEY] = self.data.manifest
-        return RunState(
-            progress=progress,
-            manifest=manifest,
-            order=checkpoint["order"],
-            history=list(checkpoint["history"]),
-        )
 
     def evaluate_test_set(self, stop: StopSignals) -> dict:
         config, data, runtime = self.config, self.data, self.runtime
@@ -335,123 +193,30 @@ class TrainingSession:
             raise TrainingInterrupted(stop.received, self.run_dir.work_dir)
 
 
-def run_environment(device: torch.device) -> dict:
-    """Where the run's bytes come from besides data and arguments: device, GPU, code, versions, platform."""
-    return {"device": str(device), "gpu": gpu_facts(device), **environment_facts()}
-
-
-def _pretrained_record(config: TrainConfig) -> dict | None:
-    if config.pretrained_model is None:
-        return None
-    record = {"path": str(config.pretrained_model), "sha256": sha256_of(config.pretrained_model)}
-    if config.pretrained_model_uri is not None:
-        record.update(uri=config.pretrained_model_uri, version=config.pretrained_model_version)
-    return record
-
-
-def _new_manifest(
-    config: TrainConfig,
-    environment: dict,
-    determinism: dict,
-    data: TrainTestData,
-    spec: ModelSpec,
-    pretrained: dict | None,
-    augment: BatchAugmentation | None,
-) -> dict:
-    manifest = {
-        "status": "running",
-        "arguments": config.to_dict(),
-        "seed": config.seed,
-        "determinism": determinism,
-        **environment,
-        "dataset": {"folder": str(config.dataset_folder), **data.record},
-        SPEC_KEY: spec.to_dict(),
-        "classes": list(data.classes),  # also in the spec; kept for readers of earlier versions
-        "pretrained_model": pretrained,
-        "model_sha256": None,
-        "diverged": False,
-        "started_at": utc_timestamp(),
-        "resumes": [],
-        "finished_at": None,
-    }
-    if augment is not None:
-        manifest["augmentation"] = augment.record()
-    if data.manifest is not None:  # every file of an image folder: last, as it is long
-        manifest[DATASET_MANIFEST_KEY] = data.manifest
-    return manifest
-
-
 def _start(session: TrainingSession, pretrained: dict | None, environment: dict, determinism: dict) -> RunState:
     config = session.config
     if pretrained is not None:
         load_pretrained(session.model, session.spec, pretrained, config.pretrained_model)
         logger.info("loaded pretrained weights from %s", config.pretrained_model)
-    manifest = _new_manifest(
-        config, environment, determinism, session.data, session.spec, _pretrained_record(config), session.augment
+    manifest = new_manifest(
+        config, environment, determinism, session.data, session.spec, pretrained_record(config), session.augment
     )
     manifest["world_size"] = session.runtime.world_size
     state = RunState(progress=EpochProgress(epoch=1), manifest=manifest)
-    checkpoint = session.checkpoint(state)
+    checkpoint = capture(session, state)
     if session.runtime.is_main_process():
         session.run_dir.create(checkpoint, manifest)
     return state
 
 
 def _resume(session: TrainingSession, checkpoint: dict, environment: dict) -> RunState:
-    state = session.restore(checkpoint)
+    state = restore(session, checkpoint)
     changes, forced = check_environment(last_environment(state.manifest), environment, session.config.force)
     if changes:
         logger.warning("resuming in another environment: %s", "; ".join(changes))
-    state.manifest["resumes"].append({"at": utc_timestamp(), "environment": environment, "forced": forced})
+    record_resume(state.manifest, environment, forced)
     logger.info("resuming at epoch %d, step %d", state.progress.epoch, state.progress.step)
     return state
-
-
-def _save_figures(run_dir: RunDirectory, config: TrainConfig, metrics: dict, history: list[dict], classes) -> None:
-    # matplotlib is imported here, after training, so that it never delays the first step (about 0.5 s).
-    from image_classifier.visualization.plot import plot_confusion_matrix, plot_curves, plot_metrics
-
-    name = f"{config.experiment_name}/{config.run_name}"
-    accuracy = plot_metrics(
-        metrics["test_accuracy"], metrics["class_accuracy"], f"{name}: test accuracy per class and in total"
-    )
-    run_dir.save_figure(PLOT_FILE, accuracy)
-    run_dir.save_figure(CURVES_FILE, plot_curves({name: history}, f"{name}: loss and accuracy per epoch"))
-    confusion = plot_confusion_matrix(metrics["confusion_matrix"], classes, f"{name}: confusion matrix (test set)")
-    run_dir.save_figure(CONFUSION_MATRIX_FILE, confusion)
-
-
-def _open_checkpoint(config: TrainConfig, run_dir: RunDirectory, runtime: Runtime) -> dict | None:
-    """The checkpoint to resume from (None for a new run), on every rank; rank 0 checks it and the run."""
-    if runtime.is_main_process():
-        if config.resume:
-            checkpoint = run_dir.open_for_resume()  # locks the unfinished run for this process
-            check_format(checkpoint)
-            check_arguments(checkpoint["config"], config.result_fields())
-            # Checkpoints from before torchrun support were written by one process.
-            check_world_size(checkpoint.get("world_size", 1), runtime.world_size)
-        else:
-            run_dir.check_can_start()  # before any work: a refused run touches nothing
-            checkpoint = None
-    else:
-        checkpoint = None
-    return runtime.broadcast_from_main(checkpoint) if config.resume else checkpoint
-
-
-def _check_same_weights(session: TrainingSession) -> None:
-    """Under torchrun: every rank must end with bit-identical weights (DDP keeps them so; this proves it)."""
-    if not session.runtime.distributed:
-        return
-    digests = session.runtime.gather(weights_digest(session.model))
-    if len(set(digests)) != 1:
-        raise DistributedRunError(f"the processes ended with different weights (sha256 by rank: {digests})")
-    # Not model.pth's sha256: that hashes the file (a zip archive), this the tensors' bytes.
-    logger.info(
-        "weights identical on all %d processes (sha256 of the weight tensors %s; model.pth's sha256, of the "
-        "file, is in run.json)",
-        len(digests),
-        digests[0],
-    )
 
 
 def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | None = None) -> Path:
@@ -468,22 +233,11 @@ def run_training(config: TrainConfig, db_password: Secret, tracking_uri: str | N
         try:
             return _train(config, db_password, runtime, tracking_uri)
         except RuntimeError as exc:
-            if not (runtime.distributed and _lost_a_peer(exc)):
+            if not (runtime.distributed and lost_a_peer(exc)):
                 raise
-            first_line = str(exc).strip().splitlines()[0]
-            raise DistributedRunError(
-                f"another process of this torchrun job failed ({first_line}); torchrun names it. The run stays "
-                f"unfinished in {RunDirectory(config.run_dir).work_dir}: run the same torchrun command with --resume"
-            ) from exc
+            raise peer_failure(exc, RunDirectory(config.run_dir).work_dir) from exc
         finally:
             torch.set_num_threads(threads)
-
-
-def _lost_a_peer(exc: RuntimeError) -> bool:
-    # A collective whose partner died raises DistError, or, from DDP's backward hooks, a plain RuntimeError
-    # carrying the transport's message ("[.../gloo/transport/tcp/pair.cc:545] Read error ... Connection reset
-    # by peer", or NCCL's).
-    return isinstance(exc, torch.distributed.DistError) or any(word in str(exc) for word in ("gloo", "NCCL"))
 
 
 def _train(config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_uri: str | None) -> Path:
@@ -493,11 +247,11 @@ def _train(config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_
         return _train_in(run_dir, config, db_password, runtime, tracking_uri)
 
 
-def _train_in(
-    run_dir: RunDirectory, config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_uri: str | None
-) -> Path:
-    main_process = runtime.is_main_process()
-    checkpoint = _open_checkpoint(config, run_dir, runtime)
+def _open_session(
+    run_dir: RunDirectory, config: TrainConfig, db_password: Secret, runtime: Runtime
+) -> tuple[TrainingSession, RunState]:
+    """Open the run: check and lock it, read the data, build the model, and start it or put its checkpoint back."""
+    checkpoint = open_checkpoint(config, run_dir, runtime)
     if checkpoint is not None:
         config = started_config(config, checkpoint["config"])
     # CPU kernels split their sums by thread: a resumed run finishes with the count it started with.
@@ -508,49 +262,38 @@ def _train_in(
     if checkpoint is None and config.pretrained_model is not None:
         pretrained = read_state_dict(config.pretrained_model, device)
 
-    data = get_train_test_data(config.dataset_folder, load_settings(), db_password, data_options(config))
-    _check_same_data(data, runtime)
-    if checkpoint is not None:
-        check_dataset(checkpoint["dataset_sha256"], data.fingerprint, config.dataset_folder)
-
-    spec = new_spec(config.architecture, _image_size(data), data.classes)
-    data = dataclasses.replace(
-        data,
-        train=prepare_split(data.train, device, memory_format(config), spec.mean, spec.std),
-        test=prepare_split(data.test, device, memory_format(config), spec.mean, spec.std),
-    )
-
+    data, spec = load_data(config, db_password, runtime, checkpoint["dataset_sha256"] if checkpoint else None)
     determinism = configure_determinism(config.deterministic, device)
     seed_everything(config.seed)
-    model = build_model(spec)
-    if len(runtime.shard(torch.arange(len(data.train)))) % config.batch_size == 1:
-        check_trains_on_one_image(model, spec)
-    model = model.to(device).to(memory_format=memory_format(config))
-    if config.deterministic and device.type == "cuda":
-        check_deterministic_kernels(model, spec, device)
-    trained = DistributedDataParallel(model) if runtime.distributed else model
+    model, trained = model_on_device(config, spec, runtime, len(data.train))
     optimizer = build_optimizer(model, config.learning_rate, config.momentum)
     shuffle = torch.Generator().manual_seed(config.seed)
     augment = BatchAugmentation(augment_generator(config.seed, runtime.rank)) if config.augment else None
     session = TrainingSession(config, data, runtime, model, trained, optimizer, shuffle, run_dir, spec, augment)
     if checkpoint is None:
-        state = _start(session, pretrained, environment, determinism)
-    else:
-        state = _resume(session, checkpoint, environment)
-    manifest = state.manifest
+        return session, _start(session, pretrained, environment, determinism)
+    return session, _resume(session, checkpoint, environment)
+
+
+def _train_in(
+    run_dir: RunDirectory, config: TrainConfig, db_password: Secret, runtime: Runtime, tracking_uri: str | None
+) -> Path:
+    main_process = runtime.is_main_process()
+    session, state = _open_session(run_dir, config, db_password, runtime)
+    config, manifest = session.config, state.manifest
     manifest["status"] = "running"
     # One process talks to the tracking server: the one that writes the run.
     run_logger = open_run_logger(
         tracking_uri if main_process else None, config.experiment_name, config.run_name, manifest
     )
-    _record_tracking(manifest, run_logger)
+    record_tracking(manifest, run_logger)
     session.on_epoch = run_logger.log_epoch
     if main_process:
         run_dir.write_json(RUN_FILE, manifest)
 
     logger.info(
         "training on %s for %d epoch(s)%s; run directory %s",
-        device,
+        runtime.device,
         config.num_epochs,
         f", {runtime.world_size} processes" if runtime.distributed else "",
         run_dir.work_dir,
@@ -558,66 +301,27 @@ def _train_in(
     with StopSignals(enabled=not runtime.distributed) as stop:
         try:
             metrics = session.train_remaining_epochs(state, stop)
-            _check_same_weights(session)
+            check_same_weights(runtime, session.model)
         except BaseException as exc:
             if main_process:
                 interrupted = isinstance(exc, (TrainingInterrupted, KeyboardInterrupt))
                 manifest["status"] = "interrupted" if interrupted else "failed"
                 run_logger.end("KILLED" if interrupted else "FAILED")
-                _record_tracking(manifest, run_logger)
+                record_tracking(manifest, run_logger)
                 run_dir.write_json(RUN_FILE, manifest)
             raise
     if not main_process:
         return run_dir.final_dir
 
-    manifest["model_sha256"] = run_dir.save_model(model.state_dict())
+    manifest["model_sha256"] = run_dir.save_model(session.model.state_dict())
     run_dir.write_json(METRICS_FILE, {**metrics, "history": state.history})
-    _save_figures(run_dir, config, metrics, state.history, data.classes)
+    name = f"{config.experiment_name}/{config.run_name}"
+    save_figures(run_dir, name, metrics, state.history, session.data.classes)
     run_logger.log_outputs(run_dir.work_dir, manifest["model_sha256"], exclude=(RUN_FILE,))
     manifest.update(status="completed", finished_at=utc_timestamp())
-    _record_tracking(manifest, run_logger)
+    record_tracking(manifest, run_logger)
     run_dir.write_json(RUN_FILE, manifest)
     # After run.json is final, so these two calls cannot be counted in it (a failure still warns).
     run_logger.log_file(run_dir.work_dir / RUN_FILE)
     run_logger.end("FINISHED")
     return run_dir.finish()
-
-
-def data_options(config: TrainConfig) -> DataOptions:
-    return DataOptions(
-        image_size=config.image_size,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        skip_bad_images=config.skip_bad_images,
-        cache_folder=config.cache_folder,
-    )
-
-
-def augment_generator(seed: int, rank: int) -> torch.Generator:
-    """--augment's own CPU generator: from the run's seed, distinct per torchrun rank (each augments its shard)."""
-    derived = int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0])
-    return torch.Generator().manual_seed(derived)
-
-
-def _check_same_data(data: TrainTestData, runtime: Runtime) -> None:
-    """Under torchrun: every rank must have read the same dataset (a file changed between them otherwise)."""
-    if not runtime.distributed:
-        return
-    fingerprints = runtime.gather(data.fingerprint)
-    if any(fingerprint != fingerprints[0] for fingerprint in fingerprints):
-        raise DistributedRunError("the processes read different datasets: a file changed while the job started")
-
-
-def _image_size(data: TrainTestData) -> int:
-    """The side of the dataset's images: the size the model is built for and served at."""
-    height, width = data.train.images.shape[-2:]
-    if height != width:
-        raise ModelSpecError(f"the dataset's images are {width} x {height} pixels; models take square images")
-    return int(height)
-
-
-def _record_tracking(manifest: dict, run_logger) -> None:
-    """run.json's "mlflow": the server (without credentials), the MLflow run and the log calls lost."""
-    record = run_logger.record()
-    if record is not None:
-        manifest["mlflow"] = record

@@ -9,7 +9,7 @@ import torch
 
 from image_classifier.config import TrainConfig
 from image_classifier.distributed import Runtime
-from image_classifier.trainer import SINGLE_THREAD_BELOW_BATCH, torch_threads_for
+from image_classifier.training_setup import SINGLE_THREAD_BELOW_BATCH, torch_threads_for
 
 
 def config(**values) -> TrainConfig:
@@ -25,7 +25,7 @@ _THREADS_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
 from image_classifier.config import TrainConfig
-from image_classifier.trainer import torch_threads_for
+from image_classifier.training_setup import torch_threads_for
 configs = [TrainConfig("e", "r", Path("x"), Path("y"), **values) for values in json.loads(sys.argv[1])]
 print(json.dumps([torch_threads_for(config) for config in configs]))
 """
