@@ -28,7 +28,6 @@ from pathlib import Path
 
 from image_classifier import __version__
 from image_classifier.cli import (
-    ArgumentParser,
     add_password_option,
     add_verbose_option,
     checked,
@@ -41,6 +40,7 @@ from image_classifier.cli import (
     positive_int,
     seed_int,
 )
+from image_classifier.cli_parser import ArgumentParser
 from image_classifier.config import NAME_RULE, TrainConfig, is_valid_name
 from image_classifier.errors import UserError
 from image_classifier.run_dir import INCOMPLETE_SUFFIX

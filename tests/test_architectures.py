@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from image_classifier.normalization import IMAGENET_MEAN, IMAGENET_STD
-from image_classifier.reproduce import environment_differences
+from image_classifier.run_comparison import environment_differences
 from tests.conftest import REPO_ROOT, command, run_command, run_trainer, trainer_args
 
 pytestmark = pytest.mark.slow

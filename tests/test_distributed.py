@@ -15,7 +15,7 @@ import torch
 
 from image_classifier.distributed import weights_digest
 from image_classifier.model.model import Net
-from image_classifier.reproduce import TIMING_FIELDS
+from image_classifier.run_comparison import TIMING_FIELDS
 from image_classifier.run_dir import sha256_of
 from tests.conftest import PASSWORD, REPO_ROOT, command, run_command, run_trainer, trainer_args
 

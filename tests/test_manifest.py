@@ -1,7 +1,7 @@
 """Comparing two runs' records: an image folder's files are compared one by one and named."""
 
 from image_classifier.manifest import dataset_file_differences
-from image_classifier.reproduce import environment_differences
+from image_classifier.run_comparison import environment_differences
 
 
 def files(**entries) -> dict:

@@ -9,15 +9,8 @@ import torch
 
 from image_classifier.config import TrainConfig
 from image_classifier.errors import UserError
-from image_classifier.reproduce import (
-    BEFORE_THE_OPTION,
-    check_devices_for,
-    metric_differences,
-    recorded_config,
-    reproduce,
-    same_weights,
-    unrecorded_metrics,
-)
+from image_classifier.reproduce import BEFORE_THE_OPTION, check_devices_for, recorded_config, reproduce
+from image_classifier.run_comparison import metric_differences, same_weights, unrecorded_metrics
 from image_classifier.secret import Secret
 from tests.conftest import REPO_ROOT
 

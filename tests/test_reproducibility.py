@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from image_classifier.data.synthetic import generate_dataset
-from image_classifier.reproduce import environment_differences, metric_differences
+from image_classifier.run_comparison import environment_differences, metric_differences
 from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, command, run_command, run_trainer, trainer_args
 
 pytestmark = pytest.mark.slow

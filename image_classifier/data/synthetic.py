@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from image_classifier.cli import ArgumentParser, non_negative_int, positive_int
+from image_classifier.cli import non_negative_int, positive_int
+from image_classifier.cli_parser import ArgumentParser
 from image_classifier.data.cifar import BATCHES_FOLDER, BATCHES_META, METADATA_FILE, TEST_BATCH
 from image_classifier.errors import UserError
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from image_classifier import __version__
-from image_classifier.cli import ArgumentParser, add_verbose_option, configure_logging, exit_code_of, positive_int
+from image_classifier.cli import add_verbose_option, configure_logging, exit_code_of, positive_int
+from image_classifier.cli_parser import ArgumentParser
 from image_classifier.images import FILE_SUFFIXES
 from image_classifier.serving.options import add_image_options, add_model_options, model_request_from
 from image_classifier.serving.settings import OUTPUT_FORMATS, PredictSettings

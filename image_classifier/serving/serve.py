@@ -28,7 +28,6 @@ from collections.abc import Callable
 
 from image_classifier import __version__
 from image_classifier.cli import (
-    ArgumentParser,
     add_verbose_option,
     checked,
     configure_logging,
@@ -36,6 +35,7 @@ from image_classifier.cli import (
     positive_float,
     positive_int,
 )
+from image_classifier.cli_parser import ArgumentParser
 from image_classifier.secret import Secret
 from image_classifier.serving.options import add_image_options, add_model_options, model_request_from
 from image_classifier.serving.registry_client import is_alias_uri

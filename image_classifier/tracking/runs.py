@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from image_classifier import __version__
-from image_classifier.cli import ArgumentParser, add_verbose_option, configure_logging, exit_code_of, positive_int
+from image_classifier.cli import add_verbose_option, configure_logging, exit_code_of, positive_int
+from image_classifier.cli_parser import ArgumentParser
 from image_classifier.durable_files import to_strict_json
 from image_classifier.errors import UserError
 from image_classifier.manifest import ENVIRONMENT_KEYS
