@@ -9,10 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from image_classifier.checkpoint import (
+    CHECKPOINT_FORMAT,
     check_arguments,
     check_dataset,
     check_environment,
     check_world_size,
+    open_checkpoint,
     started_config,
 )
 from image_classifier.config import TrainConfig
@@ -153,3 +155,94 @@ def test_the_checks_need_no_torch():
     code = "import sys, image_classifier.checkpoint; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+class _Runtime:
+    """A job as `open_checkpoint` sees it: its size, this process's rank, and rank 0's broadcast."""
+
+    def __init__(self, world_size: int = 1, rank: int = 0, broadcast=None) -> None:
+        self.world_size, self.rank, self._broadcast = world_size, rank, broadcast
+
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    def broadcast_from_main(self, value):
+        return value if self.rank == 0 else self._broadcast
+
+
+class _RunDirectory:
+    """A run directory that records what is asked of it and hands out `checkpoint` on resume."""
+
+    def __init__(self, checkpoint: dict | None = None) -> None:
+        self.checkpoint, self.calls = checkpoint, []
+
+    def check_can_start(self) -> None:
+        self.calls.append("check_can_start")
+
+    def open_for_resume(self) -> dict:
+        self.calls.append("open_for_resume")
+        return self.checkpoint
+
+
+def _recorded(started: TrainConfig, **changes) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "config": started.result_fields(), "world_size": 1, **changes}
+
+
+def test_a_new_run_checks_that_it_can_start_and_has_no_checkpoint():
+    run_dir = _RunDirectory()
+    assert open_checkpoint(config(), run_dir, _Runtime()) is None
+    assert run_dir.calls == ["check_can_start"]
+
+
+def test_a_resume_checks_format_arguments_and_job_size_in_that_order():
+    resumed = config(resume=True)
+    good = _recorded(resumed)
+    assert open_checkpoint(resumed, _RunDirectory(good), _Runtime()) is good
+    # A checkpoint from before torchrun support has no world_size: it was written by one process.
+    legacy = {key: value for key, value in good.items() if key != "world_size"}
+    assert open_checkpoint(resumed, _RunDirectory(legacy), _Runtime()) is legacy
+    for damaged, message in [
+        (_recorded(resumed, format=1, world_size=4, config={}), "format 1 is not"),
+        (_recorded(resumed, world_size=4, config={**good["config"], "seed": 7}), "seed: 7 then, 0 now"),
+        (_recorded(resumed, world_size=4), "started by 4 process"),
+    ]:
+        with pytest.raises(RunDirectoryError, match=message):
+            open_checkpoint(resumed, _RunDirectory(damaged), _Runtime())
+
+
+def test_under_torchrun_only_rank_0_touches_the_run_and_every_rank_gets_its_checkpoint():
+    resumed = config(resume=True)
+    recorded = _recorded(resumed, world_size=2)
+    run_dir = _RunDirectory(recorded)
+    assert open_checkpoint(resumed, run_dir, _Runtime(world_size=2, rank=1, broadcast=recorded)) is recorded
+    assert open_checkpoint(config(), run_dir, _Runtime(world_size=2, rank=1)) is None
+    assert run_dir.calls == []
+
+
+def test_opening_and_checking_a_resume_imports_no_torch():
+    """Rank 0 refuses a bad resume before the trainer builds anything: those checks run without torch."""
+    code = """
+import sys
+from pathlib import Path
+from image_classifier.checkpoint import CHECKPOINT_FORMAT, open_checkpoint
+from image_classifier.config import TrainConfig
+from image_classifier.errors import RunDirectoryError
+
+class Runtime:
+    world_size = 2
+    def is_main_process(self): return True
+    def broadcast_from_main(self, value): return value
+
+class RunDirectory:
+    def open_for_resume(self):
+        return {"format": CHECKPOINT_FORMAT, "config": resumed.result_fields(), "world_size": 1}
+
+resumed = TrainConfig("e", "r", Path("experiments"), Path("data"), resume=True)
+try:
+    open_checkpoint(resumed, RunDirectory(), Runtime())
+except RunDirectoryError as refused:
+    print("refused:", "started by 1 process" in str(refused))
+print("torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:2] == ["refused: True", "False"]
