@@ -1,4 +1,5 @@
-"""Where this process stands in a `torchrun` job: its rank, the job's size, its device, and the collectives.
+"""Where this process stands in a `torchrun` job: its rank, the job's size, its device, the collectives, the
+checks that every rank read the same data and ended with the same weights, and the error for a lost peer.
 
 `torchrun --nproc_per_node=N -m image_classifier.main ...` starts N processes with WORLD_SIZE, RANK and
 LOCAL_RANK in their environment; a plain run has none and is a job of one. Every rank trains the same model
