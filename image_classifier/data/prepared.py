@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from image_classifier.data.folder import NOT_IMAGE, FolderScan, dataset_sha256
+from image_classifier.data.folder import NOT_IMAGE, FolderScan
 from image_classifier.data.prepared_keys import (
     CACHE_ENV,
     IMAGES_FILE,
@@ -47,6 +47,7 @@ from image_classifier.data.prepared_keys import (
     MANIFEST_FILE,
     cache_key,
     check_outside,
+    dataset_sha256,
     default_cache_folder,
     is_complete,
     manifest_row,

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from image_classifier.data.folder import FolderScan
 from image_classifier.errors import DatasetError
 
 CACHE_ENV = "IMAGE_CLASSIFIER_CACHE"
@@ -26,6 +27,15 @@ def default_cache_folder() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "image_classifier" / "prepared"
+
+
+def dataset_sha256(scan: FolderScan, hashes: list[str | None]) -> str:
+    """One hash over the classes and every file's path, label, layout split and content."""
+    document = {
+        "classes": list(scan.classes),
+        "files": [[file.path, file.label, file.split, digest] for file, digest in zip(scan.files, hashes)],
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
 def cache_key(dataset_hash: str, conversion: dict) -> str:

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from image_classifier.data import prepared_decoding
-from image_classifier.data.folder import FolderScan, dataset_sha256
+from image_classifier.data.folder import FolderScan
 from image_classifier.data.prepared_keys import (
     CACHE_FORMAT,
     IMAGES_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
     TEMPORARY_MARKER,
+    dataset_sha256,
     is_complete,
     manifest_row,
 )

@@ -45,7 +45,7 @@ def prepare_folder(root: Path, cache: Path, image_size: int = 32, processes: int
 
 
 def key_of(root: Path, image_size: int = 32) -> str:
-    from image_classifier.data.folder import dataset_sha256
+    from image_classifier.data.prepared_keys import dataset_sha256
 
     scan = scan_folder(root)
     hashes, _ = hash_files(root, [f.path for f in scan.files], 1)
