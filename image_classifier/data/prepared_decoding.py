@@ -13,14 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from image_classifier.data.prepared_workers import (
-    TASKS_IN_FLIGHT_PER_PROCESS,
-    chunks,
-    processes_for,
-    progress_bar,
-    run_tasks,
-    worker_pool,
-)
+from image_classifier.data.prepared_workers import chunks, processes_for, worker_results
 from image_classifier.errors import ImageError
 from image_classifier.images import FILE_SUFFIXES, decode_image, open_image
 
@@ -55,13 +48,12 @@ def hash_files(root: Path, paths: list[str], processes: int | None = None) -> tu
     hashes: list[str | None] = [None] * len(paths)
     unreadable: dict[int, str] = {}
     tasks = ((str(root), chunk) for chunk in chunks(list(enumerate(paths)), HASH_CHUNK))
-    with worker_pool(processes) as executor, progress_bar(len(paths), "hashing") as bar:
-        for results in run_tasks(executor, _hash_chunk, tasks, processes * TASKS_IN_FLIGHT_PER_PROCESS):
+    with worker_results(_hash_chunk, tasks, processes, len(paths), "hashing") as chunk_results:
+        for results in chunk_results:
             for index, digest, problem in results:
                 hashes[index] = digest
                 if problem is not None:
                     unreadable[index] = problem
-            bar.update(len(results))
     return hashes, unreadable
 
 

@@ -32,14 +32,7 @@ from image_classifier.data.prepared_keys import (
     is_complete,
     manifest_row,
 )
-from image_classifier.data.prepared_workers import (
-    TASKS_IN_FLIGHT_PER_PROCESS,
-    chunks,
-    processes_for,
-    progress_bar,
-    run_tasks,
-    worker_pool,
-)
+from image_classifier.data.prepared_workers import chunks, processes_for, worker_results
 from image_classifier.durable_files import fsync_path, to_strict_json
 from image_classifier.errors import DatasetError
 
@@ -114,13 +107,10 @@ def _write_prepared(job: Job, work: Path, target: Path) -> None:
     tasks = (
         (str(images_path), str(scan.root), image_size, job.max_pixels, chunk) for chunk in chunks(items, DECODE_CHUNK)
     )
-    with worker_pool(processes) as executor, progress_bar(len(items), "preparing") as bar:
-        for results in run_tasks(
-            executor, prepared_decoding.decode_chunk, tasks, processes * TASKS_IN_FLIGHT_PER_PROCESS
-        ):
+    with worker_results(prepared_decoding.decode_chunk, tasks, processes, len(items), "preparing") as chunk_results:
+        for results in chunk_results:
             for row, outcome, reason in results:
                 status[row] = (outcome, reason)
-            bar.update(len(results))
             if job.on_progress is not None:
                 job.on_progress(len(status), len(items))
     changed = sorted(scan.files[candidates[row]].path for row, (outcome, _) in status.items() if outcome == "changed")

@@ -39,7 +39,7 @@ def _worker_init(parent: int) -> None:
 
 
 @contextlib.contextmanager
-def worker_pool(processes: int) -> Iterator[concurrent.futures.Executor | None]:
+def _pool(processes: int) -> Iterator[concurrent.futures.Executor | None]:
     """A process pool, or None to work in this process.
 
     Forked on Linux: quick to start, and it needs nothing of the main module (a fork server or spawn would
@@ -64,7 +64,7 @@ def worker_pool(processes: int) -> Iterator[concurrent.futures.Executor | None]:
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def run_tasks(executor, function: Callable, tasks: Iterable[tuple], window: int) -> Iterator:
+def _run_tasks(executor, function: Callable, tasks: Iterable[tuple], window: int) -> Iterator:
     """Results of `function(*task)` as they complete, with at most `window` tasks submitted at a time."""
     if executor is None:
         for task in tasks:
@@ -92,6 +92,26 @@ def processes_for(count: int, chunk: int) -> int:
     return max(1, min(available_cores(), -(-count // chunk)))
 
 
-def progress_bar(total: int, description: str) -> tqdm:
+def _progress_bar(total: int, description: str) -> tqdm:
     # disable=None: no bar when stderr is not a terminal (CI, Docker, a log file).
     return tqdm(total=total, desc=description, unit="file", leave=False, disable=None, smoothing=0.1)
+
+
+@contextlib.contextmanager
+def worker_results(
+    function: Callable, tasks: Iterable[tuple], processes: int, total: int, description: str
+) -> Iterator[Iterator]:
+    """The results of `function(*task)` for every task, run in `processes` workers (or here, for one), as they
+    complete; the progress bar counts `total` files under `description`, advanced by each result's length.
+
+    A context manager, not a generator: whatever ends the caller's loop (an error, Ctrl-C) stops the pool at
+    once, on leaving the `with`, and a worker killed by the system is one DatasetError.
+    """
+    with _pool(processes) as executor, _progress_bar(total, description) as bar:
+        yield _advancing(bar, _run_tasks(executor, function, tasks, processes * TASKS_IN_FLIGHT_PER_PROCESS))
+
+
+def _advancing(bar: tqdm, results: Iterator[list]) -> Iterator[list]:
+    for result in results:
+        bar.update(len(result))
+        yield result
