@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from image_classifier.serving.auth import token_dependency
@@ -24,10 +25,12 @@ from image_classifier.serving.schemas import (
     BatchItem,
     BatchPrediction,
     ClassProbability,
+    Health,
     Metadata,
     ModelMetadata,
     ModelSummary,
     Prediction,
+    Ready,
 )
 from image_classifier.serving.state import ServiceState
 from image_classifier.serving.uploads import read_images
@@ -39,12 +42,13 @@ def build_router(state: ServiceState) -> APIRouter:
     router = APIRouter()
     top_k_query = Query(settings.top_k, ge=1, description="how many classes to return, most probable first")
 
-    @router.get("/health", summary="liveness: the process answers", tags=["status"])
-    async def health() -> dict:
-        return {"status": "ok"}
+    @router.get("/health", response_model=Health, summary="liveness: the process answers", tags=["status"])
+    async def health() -> JSONResponse:
+        return _json(Health(status="ok"))
 
     @router.get(
         "/ready",
+        response_model=Ready,
         summary="readiness: the model is loaded and the inference worker runs",
         tags=["status"],
         dependencies=[token],
@@ -54,7 +58,7 @@ def build_router(state: ServiceState) -> APIRouter:
         _batcher(state)  # 503 while not loaded, or once the inference worker has died
         if state.admission.stopping:
             return _unavailable("the service is shutting down")
-        return JSONResponse({"status": "ready", "sha256": _served(state).info.sha256})
+        return _json(Ready(status="ready", sha256=_served(state).info.sha256))
 
     @router.get("/metadata", response_model=Metadata, tags=["status"], dependencies=[token], responses=ERROR_RESPONSES)
     async def metadata() -> Metadata:
@@ -141,7 +145,7 @@ async def _predict(state: ServiceState, request: Request, single: bool):
     return images.names, probabilities, model
 
 
-def _json(answer: Prediction | BatchPrediction) -> JSONResponse:
+def _json(answer: BaseModel) -> JSONResponse:
     """The answer, built from its model, sent as is: FastAPI's re-validation of a returned model against the
     response_model (the schema /docs shows) is a measurable cost per request under load, for a model that
     validated its fields when it was built. Dumped in python mode for the standard json module: the same

@@ -10,6 +10,15 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class Health(BaseModel):
+    status: str = Field(description='always "ok": the process answers')
+
+
+class Ready(BaseModel):
+    status: str = Field(description='"ready": the model is loaded and the inference worker runs')
+    sha256: str = Field(description="sha256 of the served model.pth")
+
+
 class ClassProbability(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
     class_name: str = Field(alias="class", description="class name")
