@@ -599,3 +599,23 @@ def test_run_and_experiment_folder_names_cannot_drive_the_terminal(experiments, 
     ):
         code, out, err = _run(capsys, *argv, *folder)
         assert not any(char in out + err for char in "\x1b\x07\r"), argv
+
+
+def test_show_lists_leaves_of_the_environment(experiments, capsys):
+    """Empty dicts vanish and a key's trailing dots are dropped, as before `flatten` was shared (issue 17)."""
+    run_json = experiments / "e" / "seed0" / "run.json"
+    document = json.loads(run_json.read_text())
+    document["versions"] = {"torch": "9.9", "empty": {}, "dotted.": {"y.": "two"}, "nested": {"deeper": {}}}
+    document["dataset"] = {}
+    run_json.write_text(json.dumps(document))
+    assert main(["show", "e/seed0", "--experiments_folder", str(experiments), "--full"]) == 0
+    full = capsys.readouterr().out
+    environment = full.split("\nenvironment\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split() for line in environment if "versions" in line] == [
+        ["versions.torch", "9.9"],
+        ["versions.dotted..y", "two"],
+    ]
+    assert not any(line.lstrip().startswith("dataset") for line in environment)
+    assert main(["show", "e/seed0", "--experiments_folder", str(experiments)]) == 0
+    brief = capsys.readouterr().out
+    assert "versions.torch=9.9  versions.dotted..y=two" in brief and "versions.empty" not in brief
