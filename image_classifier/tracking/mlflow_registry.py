@@ -35,10 +35,9 @@ from image_classifier.tracking.registry import (
     check_model_file,
     check_model_name,
     is_inside,
-    is_source_run,
     parse_model_uri,
-    registrable_run,
-    source_run_of,
+    refuse_registered_twice,
+    version_of_source_run,
 )
 from image_classifier.tracking.uri import redacted
 
@@ -85,19 +84,10 @@ class MlflowRegistry(Registry):
     def location(self) -> str:
         return f"the MLflow model registry at {redacted(self.tracking_uri)}"
 
-    def register(self, run_dir: Path, name: str, aliases: Sequence[str] = ()) -> ModelVersion:
-        check_model_name(name)
-        for alias in aliases:
-            check_alias(alias)
-        source_run = source_run_of(self.experiments_folder, run_dir)
-        record = registrable_run(run_dir)
+    def _add_version(self, record: RunRecord, source_run: str, name: str, aliases: Sequence[str]) -> ModelVersion:
         with self._answers():
-            for existing in self._search(name):
-                if existing.tags.get(SHA256_TAG) == record.model_sha256:
-                    raise RegistryError(
-                        f"{source_run}'s model is already version {existing.version} of {name}; "
-                        f"to point an alias at it: image_classifier_runs alias {name} ALIAS {existing.version}"
-                    )
+            registered = ((existing.version, existing.tags.get(SHA256_TAG)) for existing in self._search(name))
+            refuse_registered_twice(source_run, name, record.model_sha256, registered)
             run_id = self._mlflow_run_with_model(record)
             artifact_uri = self._client.get_run(run_id).info.artifact_uri
             self._ensure_registered_model(name)
@@ -229,21 +219,17 @@ class MlflowRegistry(Registry):
         own_aliases = found.aliases or [
             alias for alias, number in (aliases or {}).items() if str(number) == found.version
         ]
-        source_run = tags.get(SOURCE_RUN_TAG, "")
-        # A tag is anybody's text: only EXPERIMENT/RUN names a folder here (never "../..", never a path).
-        run_dir = self.experiments_folder / source_run if is_source_run(source_run) else None
-        run_dir = run_dir if run_dir is not None and run_dir.is_dir() else None
         version = int(found.version)
-        return ModelVersion(
+        return version_of_source_run(
+            self.experiments_folder,
+            tags.get(SOURCE_RUN_TAG, ""),
             name=found.name,
             version=version,
-            aliases=tuple(sorted(own_aliases)),
-            model_path=run_dir / MODEL_FILE if run_dir else self._download_path(found.name, version),
+            aliases=own_aliases,
             sha256=tags.get(SHA256_TAG, ""),
-            source_run=source_run,
-            run_dir=run_dir,
             registered_at=_timestamp(found.creation_timestamp),
             test_accuracy=_float_or_none(tags.get(TEST_ACCURACY_TAG)),
+            elsewhere=self._download_path(found.name, version),
         )
 
     def _download_path(self, name: str, version: int) -> Path:

@@ -12,14 +12,9 @@ from hypothesis import strategies as st
 
 from image_classifier.errors import RegistryError, UserError
 from image_classifier.run_dir import sha256_of
-from image_classifier.tracking.registry import (
-    REGISTRY_FILE,
-    FileRegistry,
-    ModelVersion,
-    is_model_uri,
-    open_registry,
-    parse_model_uri,
-)
+from image_classifier.tracking.file_registry import REGISTRY_FILE, FileRegistry
+from image_classifier.tracking.registries import open_registry
+from image_classifier.tracking.registry import ModelVersion, is_model_uri, parse_model_uri
 from tests.conftest import REPO_ROOT, command, run_command, trainer_args
 from tests.tracking.conftest import free_port
 

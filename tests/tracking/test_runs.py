@@ -14,17 +14,12 @@ from hypothesis import strategies as st
 
 from image_classifier.errors import RunDirectoryError
 from image_classifier.run_dir import STAGING_MARKER, RunDirectory, is_locked, lock_directory
+from image_classifier.tracking.file_registry import REGISTRY_FILE
 from image_classifier.tracking.records import COMPLETED
-from image_classifier.tracking.registry import REGISTRY_FILE
-from image_classifier.tracking.runs import (
-    FORMULA_STARTS,
-    LIST_COLUMNS,
-    MODEL_COLUMNS,
-    TABLE_COLUMNS,
-    build_parser,
-    format_csv,
-    main,
-)
+from image_classifier.tracking.runs import build_parser, main
+from image_classifier.tracking.runs_list import LIST_COLUMNS, TABLE_COLUMNS
+from image_classifier.tracking.runs_models import MODEL_COLUMNS
+from image_classifier.tracking.tables import FORMULA_STARTS, format_csv
 from tests.conftest import command, run_command
 
 
