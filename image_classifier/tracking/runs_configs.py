@@ -8,9 +8,16 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
-class ListConfig:
+class RegistryOptions:
+    """Where the runs are, and which registry names their models: what every subcommand but `compare`
+    reads (the registry's versions, or the registry itself)."""
+
     experiments_folder: Path
     tracking_uri: str | None = field(repr=False)  # it may carry credentials
+
+
+@dataclass(frozen=True)
+class ListConfig(RegistryOptions):
     experiment: str | None
     sort: str
     descending: bool
@@ -19,9 +26,7 @@ class ListConfig:
 
 
 @dataclass(frozen=True)
-class ShowConfig:
-    experiments_folder: Path
-    tracking_uri: str | None = field(repr=False)  # it may carry credentials
+class ShowConfig(RegistryOptions):
     run: str
     format: str
     full: bool = False
@@ -36,26 +41,20 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
-class RegisterConfig:
-    experiments_folder: Path
-    tracking_uri: str | None = field(repr=False)  # it may carry credentials
+class RegisterConfig(RegistryOptions):
     run: str
     name: str
     aliases: tuple[str, ...]
 
 
 @dataclass(frozen=True)
-class AliasConfig:
-    experiments_folder: Path
-    tracking_uri: str | None = field(repr=False)  # it may carry credentials
+class AliasConfig(RegistryOptions):
     name: str
     alias: str
     version: int
 
 
 @dataclass(frozen=True)
-class ModelsConfig:
-    experiments_folder: Path
-    tracking_uri: str | None = field(repr=False)  # it may carry credentials
+class ModelsConfig(RegistryOptions):
     name: str | None
     format: str

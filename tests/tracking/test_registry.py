@@ -146,15 +146,16 @@ def test_model_uris():
 _REGISTER_WHEN_RELEASED = """
 import contextlib, os, sys
 from pathlib import Path
-from image_classifier.tracking import registry
+from image_classifier.tracking import file_registry
+from image_classifier.tracking.registries import open_registry
 experiments, run_dir, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[5]
 ready, go = int(sys.argv[3]), int(sys.argv[4])
 if mode == "unlocked":  # the writers' lock taken away: what the race test must catch
-    registry.exclusive_lock = lambda path: contextlib.nullcontext()
+    file_registry.exclusive_lock = lambda path: contextlib.nullcontext()
 os.write(ready, b"1")
 os.close(ready)
 os.read(go, 1)  # blocks until the test closes the other end: then every process goes at once
-registry.open_registry(experiments).register(run_dir, "race")
+open_registry(experiments).register(run_dir, "race")
 """
 
 
