@@ -170,8 +170,9 @@ def version_of_source_run(
     elsewhere: Path | None = None,
 ) -> ModelVersion:
     """A version whose weights are its source run's model.pth when that run's folder is on this machine;
-    else at `elsewhere` (a download), or where the folder would be. `source_run` is anybody's text (an
-    MLflow tag): only EXPERIMENT/RUN names a folder here (never "../..", never a path)."""
+    else at `elsewhere` (MLflow's download), or where the folder would be (the registry file, whose source
+    runs are checked when it is read). `source_run` may be anybody's text (an MLflow tag): only
+    EXPERIMENT/RUN names a run folder here (never "../..", never a path)."""
     run_dir = experiments_folder / source_run if is_source_run(source_run) else None
     run_dir = run_dir if run_dir is not None and run_dir.is_dir() else None
     if run_dir is not None:
