@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
-from image_classifier.data.database import Secret
 from image_classifier.errors import TrainingInterrupted, UserError
+from image_classifier.secret import Secret
 
 logger = logging.getLogger(__name__)
 

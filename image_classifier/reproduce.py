@@ -33,12 +33,12 @@ from image_classifier.cli import (
     password_from,
 )
 from image_classifier.config import TrainConfig
-from image_classifier.data.database import Secret
 from image_classifier.errors import DistributedRunError, ModelSpecError, UserError
 from image_classifier.main import arguments_for
 from image_classifier.manifest import dataset_file_differences, differences, start_environment
 from image_classifier.model.spec import SPEC_KEY, spec_of_run
 from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, read_json, sha256_of
+from image_classifier.secret import Secret
 from image_classifier.tracking.uri import TRACKING_URI_ENV
 
 logger = logging.getLogger(__name__)

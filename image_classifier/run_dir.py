@@ -25,7 +25,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from image_classifier.durable_files import fsync_path, replace_atomically, strict_json
 from image_classifier.errors import RunDirectoryError
 
 if TYPE_CHECKING:
@@ -63,27 +63,6 @@ def sha256_of(path: Path) -> str:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def finite_json(value, where: str = "") -> tuple[object, list[str]]:
-    """`value` with every NaN or infinite float replaced by None (strict JSON has neither), and where."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None, [f"{where or 'value'} ({value})"]
-    if isinstance(value, dict):
-        pairs = [(key, finite_json(item, f"{where}.{key}" if where else str(key))) for key, item in value.items()]
-        return {key: item for key, (item, _) in pairs}, [place for _, (_, places) in pairs for place in places]
-    if isinstance(value, (list, tuple)):
-        items = [finite_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
-        return [item for item, _ in items], [place for _, places in items for place in places]
-    return value, []
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # A writer that finds the lock taken retries this long before it concludes that another process holds it:
@@ -316,7 +295,7 @@ class RunDirectory:
             try:
                 self._save_checkpoint_in(staging, checkpoint)
                 self._write_json_in(staging, RUN_FILE, manifest)
-                _fsync_path(staging)
+                fsync_path(staging)
             except OSError as exc:  # a full disk; or a second start of this run removed our staging folder
                 raise RunDirectoryError(f"cannot create {self.work_dir}: {exc.strerror or exc}") from None
             try:
@@ -329,7 +308,7 @@ class RunDirectory:
             self.release()
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_path(parent)
+        fsync_path(parent)
 
     def _remove_abandoned_staging(self) -> None:
         # What a process killed while creating this run left behind; a live one still holds its lock.
@@ -351,7 +330,7 @@ class RunDirectory:
         path = self.work_dir / MODEL_FILE
         # contiguous: the notebook's layout, whatever layout (channels-last) the run trained in
         torch.save({name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}, path)
-        _fsync_path(path)
+        fsync_path(path)
         return sha256_of(path)
 
     def save_figure(self, name: str, figure: Figure) -> None:
@@ -380,9 +359,9 @@ class RunDirectory:
         or resume of the same run removes), never an unfinished directory without one (which could neither
         be resumed nor restarted).
         """
-        _fsync_path(self.work_dir)  # the outputs' renames inside it reach the disk before it is published
+        fsync_path(self.work_dir)  # the outputs' renames inside it reach the disk before it is published
         os.replace(self.work_dir, self.final_dir)
-        _fsync_path(self.final_dir.parent)
+        fsync_path(self.final_dir.parent)
         (self.final_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
         self.release()
         return self.final_dir
@@ -395,18 +374,12 @@ class RunDirectory:
         self._replace_atomically(directory, CHECKPOINT_FILE, lambda path: torch.save(checkpoint, path))
 
     def _write_json_in(self, directory: Path, name: str, data: dict) -> None:
-        data, replaced = finite_json(data)
+        text, replaced = strict_json(data)
         if replaced:
             logger.warning("%s: not a finite number, written as null: %s", name, ", ".join(replaced))
-        text = json.dumps(data, indent=4, allow_nan=False) + "\n"
         self._replace_atomically(directory, name, lambda path: path.write_text(text, "utf-8"))
 
     @staticmethod
     def _replace_atomically(directory: Path, name: str, write: Callable[[Path], None]) -> None:
-        # Write a sibling, flush it to disk, then rename over the old file: a kill at any moment leaves
-        # either the previous complete file or the new one, never half of one.
-        target = directory / name
-        temporary = directory / f".{name}.tmp"
-        write(temporary)
-        _fsync_path(temporary)
-        os.replace(temporary, target)
+        # One seam for every output written in place (the fault-injection tests kill the trainer here).
+        replace_atomically(directory / name, write)

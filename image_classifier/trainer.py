@@ -13,7 +13,6 @@ there they are only taken on schedule: a signal ends a torchrun job, which resum
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import math
 import signal
@@ -34,10 +33,11 @@ from image_classifier.checkpoint import (
     check_world_size,
     started_config,
 )
+from image_classifier.clock import utc_timestamp
 from image_classifier.config import TrainConfig
 from image_classifier.data.batches import BatchAugmentation, iterate_batches, num_batches, prepare_split
 from image_classifier.data.data import DataOptions, TrainTestData, get_train_test_data
-from image_classifier.data.database import Secret, load_settings
+from image_classifier.data.database import load_settings
 from image_classifier.distributed import Runtime, runtime_for, weights_digest
 from image_classifier.errors import DistributedRunError, ModelSpecError, TrainingInterrupted
 from image_classifier.manifest import last_environment
@@ -70,6 +70,7 @@ from image_classifier.run_dir import (
     RunDirectory,
     sha256_of,
 )
+from image_classifier.secret import Secret
 from image_classifier.tracking.pretrained import resolve_pretrained_model
 from image_classifier.tracking.run_logger import open_run_logger
 
@@ -136,10 +137,6 @@ class RunState:
     manifest: dict
     order: torch.Tensor | None = None  # this epoch's data order, drawn when the epoch starts
     history: list[dict] = dataclasses.field(default_factory=list)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def epoch_record(
@@ -373,7 +370,7 @@ def _new_manifest(
         "pretrained_model": pretrained,
         "model_sha256": None,
         "diverged": False,
-        "started_at": _now(),
+        "started_at": utc_timestamp(),
         "resumes": [],
         "finished_at": None,
     }
@@ -405,7 +402,7 @@ def _resume(session: TrainingSession, checkpoint: dict, environment: dict) -> Ru
     changes, forced = check_environment(last_environment(state.manifest), environment, session.config.force)
     if changes:
         logger.warning("resuming in another environment: %s", "; ".join(changes))
-    state.manifest["resumes"].append({"at": _now(), "environment": environment, "forced": forced})
+    state.manifest["resumes"].append({"at": utc_timestamp(), "environment": environment, "forced": forced})
     logger.info("resuming at epoch %d, step %d", state.progress.epoch, state.progress.step)
     return state
 
@@ -577,7 +574,7 @@ def _train_in(
     run_dir.write_json(METRICS_FILE, {**metrics, "history": state.history})
     _save_figures(run_dir, config, metrics, state.history, data.classes)
     run_logger.log_outputs(run_dir.work_dir, manifest["model_sha256"], exclude=(RUN_FILE,))
-    manifest.update(status="completed", finished_at=_now())
+    manifest.update(status="completed", finished_at=utc_timestamp())
     _record_tracking(manifest, run_logger)
     run_dir.write_json(RUN_FILE, manifest)
     # After run.json is final, so these two calls cannot be counted in it (a failure still warns).

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from image_classifier.config import TrainConfig
-from image_classifier.data.database import Secret
 from image_classifier.errors import UserError
 from image_classifier.reproduce import (
     BEFORE_THE_OPTION,
@@ -19,6 +18,7 @@ from image_classifier.reproduce import (
     same_weights,
     unrecorded_metrics,
 )
+from image_classifier.secret import Secret
 from tests.conftest import REPO_ROOT
 
 OLDER_RUN = REPO_ROOT / "tests" / "fixtures" / "older_experiments" / "local_exp_test" / "run_1"

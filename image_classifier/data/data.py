@@ -19,7 +19,7 @@ import torch
 
 from image_classifier.data.batches import ImageSplit, iterate_batches, num_batches, preprocess  # noqa: F401
 from image_classifier.data.cifar import BATCHES_FOLDER, METADATA_FILE, load_dataset
-from image_classifier.data.database import DatabaseSettings, Secret, connect
+from image_classifier.data.database import DatabaseSettings, connect
 from image_classifier.data.folder import (
     DEFAULT_TEST_FRACTION,
     SKIP_COUNT_NAMES,
@@ -36,6 +36,7 @@ from image_classifier.data.prepared import PreparedData, hash_files, prepare, sk
 from image_classifier.errors import DatasetError
 from image_classifier.images import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
 from image_classifier.manifest import shown_path
+from image_classifier.secret import Secret
 
 logger = logging.getLogger(__name__)
 

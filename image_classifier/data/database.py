@@ -2,7 +2,7 @@
 
 The notebook "fetched" CIFAR-10 through a database call that only simulated one; the package keeps that
 seam so a real connection can replace it later. The password is wrapped in `Secret`, whose repr and str
-never show it, so it cannot slip into a log line, a repr, a written file or an exception message.
+never show it (see `image_classifier.secret`).
 """
 
 from __future__ import annotations
@@ -14,32 +14,12 @@ from importlib import resources
 import yaml
 
 from image_classifier.errors import UserError
+from image_classifier.secret import Secret
 
 logger = logging.getLogger(__name__)
 
 _SETTINGS_RESOURCE = "db_connect.yaml"
 _REQUIRED_KEYS = ("db_host", "db_name", "db_user")
-
-
-class Secret:
-    """A string that never shows itself; call `reveal()` at the one place that needs the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __reduce__(self):
-        # Pickling would write the password into a checkpoint or a multiprocessing pipe.
-        raise TypeError("a Secret cannot be pickled")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ import numpy as np
 from tqdm import tqdm
 
 from image_classifier.data.folder import NOT_IMAGE, FolderScan, dataset_sha256
+from image_classifier.durable_files import fsync_path, to_strict_json
 from image_classifier.errors import DatasetError, ImageError
 from image_classifier.images import DEFAULT_MAX_PIXELS, FILE_SUFFIXES, conversion_settings, decode_image, open_image
 from image_classifier.locking import exclusive_lock
@@ -278,19 +279,6 @@ def cache_key(dataset_hash: str, conversion: dict) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, document: dict) -> None:
-    # ensure_ascii: a file name that is not valid UTF-8 (kept by Python as surrogates) is written escaped.
-    path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def prepare(
     scan: FolderScan,
     hashes: list[str | None],
@@ -395,7 +383,7 @@ def _build(job: _Job, target: Path) -> None:
     except BaseException:  # an error or Ctrl-C: nothing half-written stays (a SIGKILL's is removed next time)
         shutil.rmtree(work, ignore_errors=True)
         raise
-    _fsync(parent)
+    fsync_path(parent)
 
 
 def _write_prepared(job: _Job, work: Path, target: Path) -> None:
@@ -466,10 +454,11 @@ def _write_prepared(job: _Job, work: Path, target: Path) -> None:
         "seconds": round(time.monotonic() - started, 3),
     }
     for name in (IMAGES_FILE, LABELS_FILE):
-        _fsync(work / name)
-    _write_json(work / MANIFEST_FILE, manifest)  # last: a folder with a valid manifest is complete
-    _fsync(work / MANIFEST_FILE)
-    _fsync(work)
+        fsync_path(work / name)
+    # last: a folder with a valid manifest is complete
+    (work / MANIFEST_FILE).write_text(to_strict_json(manifest, indent=1), encoding="utf-8")
+    fsync_path(work / MANIFEST_FILE)
+    fsync_path(work)
     logger.info(
         "prepared %d images (%d bad, %d not images) in %.1f s: %.0f files/s",
         len(rows),

@@ -36,7 +36,7 @@ from image_classifier.cli import (
     positive_float,
     positive_int,
 )
-from image_classifier.data.database import Secret
+from image_classifier.secret import Secret
 from image_classifier.serving.options import add_image_options, add_model_options, model_request_from
 from image_classifier.serving.registry_client import is_alias_uri
 from image_classifier.serving.settings import DEFAULT_MAX_REQUEST_PIXELS, ServeSettings

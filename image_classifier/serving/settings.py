@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_classifier.data.database import Secret
 from image_classifier.images import DEFAULT_MAX_PIXELS
+from image_classifier.secret import Secret
 from image_classifier.serving.model_request import ModelRequest
 
 OUTPUT_FORMATS = ("table", "json", "csv")

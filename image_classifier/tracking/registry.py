@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import datetime
 import json
 import math
 import re
@@ -24,11 +23,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_classifier.clock import utc_timestamp
 from image_classifier.config import check_name
+from image_classifier.durable_files import write_json_atomically
 from image_classifier.errors import RegistryError, UserError
 from image_classifier.locking import exclusive_lock
 from image_classifier.run_dir import MODEL_FILE, sha256_of, warn_if_lock_is_local
-from image_classifier.tracking.files import write_json_atomically
 from image_classifier.tracking.records import COMPLETED, RunRecord, read_run
 
 MODEL_URI_PREFIX = "models:/"
@@ -100,10 +100,6 @@ def parse_model_uri(uri: str) -> ModelReference:
     if not match["version"].isdigit() or int(match["version"]) < 1:
         raise RegistryError(f"{uri!r}: the version must be a whole number from 1 (or use @ALIAS)")
     return ModelReference(match["name"], version=int(match["version"]))
-
-
-def now_utc() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def registrable_run(run_dir: Path) -> RunRecord:
@@ -233,7 +229,7 @@ class FileRegistry(Registry):
                     "version": number,
                     "source_run": source_run,
                     "sha256": record.model_sha256,
-                    "registered_at": now_utc(),
+                    "registered_at": utc_timestamp(),
                     "test_accuracy": record.test_accuracy,
                 }
             )

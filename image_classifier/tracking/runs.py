@@ -29,9 +29,9 @@ from pathlib import Path
 
 from image_classifier import __version__
 from image_classifier.cli import ArgumentParser, add_verbose_option, configure_logging, exit_code_of, positive_int
+from image_classifier.durable_files import to_strict_json
 from image_classifier.errors import UserError
 from image_classifier.manifest import ENVIRONMENT_KEYS
-from image_classifier.tracking.files import to_strict_json
 from image_classifier.tracking.records import RunRecord, find_run, list_runs
 from image_classifier.tracking.registry import ModelVersion, open_registry
 from image_classifier.tracking.uri import TRACKING_URI_ENV, redacted, tracking_uri_from, without_credentials

@@ -3,8 +3,9 @@ import pickle
 
 import pytest
 
-from image_classifier.data.database import DatabaseSettings, Secret, connect, load_settings
+from image_classifier.data.database import DatabaseSettings, connect, load_settings
 from image_classifier.errors import UserError
+from image_classifier.secret import Secret
 
 
 def test_settings_come_from_the_packaged_yaml():

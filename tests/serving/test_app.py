@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from image_classifier.data.database import Secret
+from image_classifier.secret import Secret
 from image_classifier.serving.app import create_app
 from image_classifier.serving.model_request import ModelRequest
 from image_classifier.serving.settings import ServeSettings
