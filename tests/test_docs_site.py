@@ -289,6 +289,11 @@ def invocations(words: list[str]) -> list[tuple[str, str, list[str]]]:
     if words[0] in WRAPPERS:
         script = WRAPPERS[words[0]]
         return [(script, _module_of(ENTRY_POINTS[script]), words[1:])]
+    if program == "make" and "train" in words[1:]:
+        # make train ... TRAIN_ARGS="...": the Makefile gives the trainer these after its own options
+        extra = [word.partition("=")[2] for word in words[1:] if word.startswith("TRAIN_ARGS=")]
+        fixed = ["--experiment_name", "e", "--run_name", "r", "--experiments_folder", "x", "--dataset_folder", "d"]
+        return [(TRAINER, _module_of(ENTRY_POINTS[TRAINER]), fixed + shlex.split(" ".join(extra)))]
     if program == "docker" and "--entrypoint" in words:
         index = words.index("--entrypoint")
         entrypoint = Path(words[index + 1]).name
@@ -410,6 +415,8 @@ def test_the_checker_reads_what_the_shell_runs():
     words = _words('DB_PASSWORD=x image_classifier_runs show e/r > out.txt 2> err.txt && kill %1 & echo "#" a#b # c')
     assert _simple_commands(words) == [["image_classifier_runs", "show", "e/r"], ["kill", "%1"], ["echo", "#", "a#b"]]
     serve = _module_of(ENTRY_POINTS["image_classifier_serve"])
+    make = _words('make train DATASET=data/sample_dataset RUN=run_2 TRAIN_ARGS="--num_epochs 3 --seed 1"')
+    assert invocations(make)[0][2][-4:] == ["--num_epochs", "3", "--seed", "1"]
     docker = _words("docker run --rm -p 8000:8000 --entrypoint image_classifier_serve image:tag --model /m --port 1")
     assert invocations(docker) == [("image_classifier_serve", serve, ["--model", "/m", "--port", "1"])]
 
