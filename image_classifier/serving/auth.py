@@ -13,6 +13,7 @@ from image_classifier.secret import Secret
 
 
 def token_dependency(token: Secret | None):
+    """The dependency the routes list: none of them sees the token, so none can log or echo it."""
     bearer = HTTPBearer(auto_error=False, description="the SERVE_TOKEN the service was started with")
     expected = token.reveal().encode("ascii") if token is not None else None
 
