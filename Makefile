@@ -18,7 +18,7 @@ DB_PASSWORD ?= local-mock-password
 export DB_PASSWORD
 
 .DEFAULT_GOAL := help
-.PHONY: help requirements lock lint format test test-fast data images train demo demo-folder example reproduce bench litserve-venv bench-folders build docker-build docker-test clean
+.PHONY: help requirements lock lint format test test-fast docs data images train demo demo-folder example reproduce bench litserve-venv bench-folders build docker-build docker-test clean
 
 # The variables a `## ` line may name as $(NAME): `make help` shows their values instead.
 HELP_VARIABLES := PYTHON VENV DATASET SAMPLE_DATASET SAMPLE_IMAGES EXPERIMENTS EXPERIMENT
@@ -76,6 +76,10 @@ test: lint $(LITSERVE_VENV)/.installed
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -m "not slow"
 
+## Build the documentation site (docs/, mkdocs.yml) into site/, strictly: a broken link or anchor, or a page missing from the nav, fails
+docs: $(VENV)/.dev-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 ## Generate the sample dataset (CIFAR-10 file format) into $(SAMPLE_DATASET) if it is missing
 data: $(SAMPLE_DATASET)/metadata.json
 
@@ -113,7 +117,7 @@ example: data
 reproduce: data
 	$(BIN)/image_classifier_reproduce $(or $(RUN_DIR),experiments/local_exp_test/run_1)
 
-## Measure training against the notebook's pipeline, then serving against LitServe (README "Performance", "Load")
+## Measure training against the notebook's pipeline, then serving against LitServe (docs/performance.md)
 bench: $(VENV)/.dev-installed $(LITSERVE_VENV)/.installed
 	$(BIN)/python benchmarks/bench_training.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/serve_load.py --litserve_python $(LITSERVE_VENV)/bin/python $(SERVE_BENCH_ARGS)
@@ -132,7 +136,7 @@ $(LITSERVE_VENV)/.installed: $(VENV)/.dev-installed requirements/requirements-li
 	$(LITSERVE_VENV)/bin/python -m pip check
 	touch $@
 
-## Measure preparing and training on a generated folder of 20,000 images against torchvision's way (README "Performance")
+## Measure preparing and training on a generated folder of 20,000 images against torchvision's way (docs/performance.md)
 bench-folders: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_folders.py $(BENCH_ARGS)
 
@@ -150,5 +154,5 @@ docker-test: $(VENV)/.prod-installed
 
 ## Remove build outputs, caches and generated data (keeps $(VENV) and the experiments)
 clean:
-	rm -rf build dist *.egg-info .pytest_cache $(SAMPLE_DATASET) $(SAMPLE_IMAGES) docker/*.whl docker/requirements-prod.* docker/_install.sh
+	rm -rf build dist site *.egg-info .pytest_cache $(SAMPLE_DATASET) $(SAMPLE_IMAGES) docker/*.whl docker/requirements-prod.* docker/_install.sh
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

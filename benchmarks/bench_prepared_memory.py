@@ -16,7 +16,7 @@ processes, clean, and dropped by the kernel when memory is short).
    64 gathered from the mapping, normalised and fed to a small CNN with an SGD step;
 3. for contrast, the largest `images.npy` read into memory with `np.load` (no mapping), as a loader that
    holds the dataset would.
-The bound the README states is the one measured here: RssAnon stays at what torch itself takes plus a few
+The bound docs/performance.md states is the one measured here: RssAnon stays at what torch itself takes plus a few
 batches, the same whatever the size of `images.npy`.
 """
 

@@ -18,7 +18,7 @@ thread of every process of the server: LitServe runs its model in a process of i
 only) and, for ours, the mean images per forward pass and the time spent in garbage collections (from
 /metrics: every thread waits while one runs). Every measurement is repeated, the servers interleaved, and
 the run with the most requests/s is kept. Prints a Markdown table and the ratios
-the README quotes; stops the servers. Only loopback is used, and the load is bounded by --requests.
+docs/performance.md quotes; stops the servers. Only loopback is used, and the load is bounded by --requests.
 
 The clients are a minimal HTTP/1.1 client on asyncio streams in this one process, so that the client's own
 overhead is small and the same for every server and route.
@@ -288,7 +288,7 @@ def print_table(results: list[Result]) -> None:
 
 
 def summary(results: list[Result], most: int) -> dict:
-    """The ratios the README quotes (issue 16's targets), at the most clients measured."""
+    """The ratios docs/performance.md quotes (issue 16's targets), at the most clients measured."""
     found = {(r.server, r.upload): r for r in results if r.clients == most}
     ratios: dict = {}
     for upload in (RAW, MULTIPART):

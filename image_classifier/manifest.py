@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from image_classifier.flatten import flatten
+
 # The keys of run.json that describe where a run's bytes came from besides data and arguments; each resume
 # records the same keys again under "resumes".
 ENVIRONMENT_KEYS = ("device", "gpu", "code", "versions", "platform", "git", "lock_files")
@@ -17,17 +19,6 @@ def last_environment(manifest: dict) -> dict:
     """The environment that wrote the run's latest checkpoint: its last resume's, else its start's."""
     resumes = manifest.get("resumes") or []
     return resumes[-1]["environment"] if resumes else start_environment(manifest)
-
-
-def flatten(value: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    flat = {}
-    for key, item in value.items():
-        if isinstance(item, dict) and item:
-            flat.update(flatten(item, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = item
-    return flat
 
 
 def differences(before: dict, after: dict, ignore: tuple[str, ...] = ()) -> list[str]:

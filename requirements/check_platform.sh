@@ -8,8 +8,8 @@ set -euo pipefail
 
 python="${1:-python3}"
 required="CPython 3.11 on Linux x86_64 with glibc 2.28 or newer"
-advice="use the Docker image (README, Docker), or install without the locks:"
-advice+=" python3 -m venv .venv && .venv/bin/pip install -e . (README, Troubleshooting)"
+advice="use the Docker image (docs/operations.md, Docker), or install without the locks:"
+advice+=" python3 -m venv .venv && .venv/bin/pip install -e . (docs/operations.md, Troubleshooting)"
 
 describe='import platform, sys
 libc, libc_version = platform.libc_ver()

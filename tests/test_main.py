@@ -13,7 +13,8 @@ from image_classifier.config import TrainConfig
 from image_classifier.main import arguments_for, build_parser, config_from_args, main
 from image_classifier.model.model import Net
 from image_classifier.tracking.records import read_run
-from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, run_trainer, trainer_args
+from tests.conftest import PASSWORD, RUN_FILES, run_trainer, trainer_args
+from tests.documentation import section
 
 REQUIRED = ["--experiment_name", "e", "--run_name", "r"]
 
@@ -44,9 +45,8 @@ def test_pretrained_model_is_relative_to_the_experiments_folder(tmp_path):
     assert config_from_args(args).pretrained_model == Path("/abs/m.pth")
 
 
-def test_the_readme_documents_every_option():
-    readme = (REPO_ROOT / "README.md").read_text()
-    table = readme.split("## 3. Training")[1].split("## 4.")[0]
+def test_the_docs_document_every_option():
+    table = section("training.md", "Training")
     documented = set(re.findall(r"^\| `(-[^`]+)`", table, flags=re.M)) | set(re.findall(r"`(--[a-z_-]+)`", table))
     options = {option for action in build_parser()._actions for option in action.option_strings} - {"-h", "--help"}
     assert options <= documented, options - documented

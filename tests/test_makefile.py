@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.documentation import section
 
 PLATFORM_ERROR = "error: the lock files install on CPython 3.11 on Linux x86_64 with glibc 2.28 or newer only"
 
@@ -146,10 +147,11 @@ def test_make_docker_build_in_a_fresh_clone_needs_only_the_venv(fresh_clone, tmp
     assert not list((fresh_clone / "docker").glob("*.whl"))  # the build context was cleaned up
 
 
-def test_the_readme_quotes_the_platform_error_as_the_check_prints_it():
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert PLATFORM_ERROR in readme
-    assert "Linux x86-64 (glibc 2.28 or newer) with CPython 3.11" in readme
+def test_the_docs_quote_the_platform_error_as_the_check_prints_it():
+    assert PLATFORM_ERROR in section("operations.md", "Troubleshooting")
+    assert "Linux x86-64 (glibc 2.28 or newer) with CPython 3.11" in section(
+        "operations.md", "Requirements and lock files"
+    )
 
 
 def test_make_help_shows_the_variables_values_not_their_names(tmp_path):

@@ -27,12 +27,12 @@ from image_classifier.data.folder import (
     TRAIN,
     FolderScan,
     bad_images_message,
-    leaked_pairs,
     looks_like_image_folder,
     scan_folder,
-    stratified_split,
 )
-from image_classifier.data.prepared import PreparedData, hash_files, prepare, skipped_not_images
+from image_classifier.data.prepared import PreparedData, prepare, skipped_not_images
+from image_classifier.data.prepared_decoding import hash_files
+from image_classifier.data.splits import leaked_pairs, stratified_split
 from image_classifier.errors import DatasetError
 from image_classifier.images import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
 from image_classifier.manifest import shown_path

@@ -1,4 +1,5 @@
-"""Image folders: the layout, the classes, the splits, and every file that is skipped, bad or leaked.
+"""Image folders: the layout, the classes, and every file that is skipped or bad (the draw of a test split
+and the leakage check live in splits.py; the dataset's hash in prepared_keys.py).
 
 Two layouts are recognised (the README's "Training on your own images" shows them):
 - `train/<class>/...` with one of `test/`, `val/` or `validation/` beside it (names in any case) as the test
@@ -25,21 +26,17 @@ starting with ".", such as `.DS_Store`, `._photo.jpg` and `.git/`, and `Thumbs.d
 `__MACOSX/`...), files outside a class folder, symbolic links that lead outside the dataset folder (or
 in a loop), things that are not regular files (pipes, sockets, devices), and files that are not images by
 their bytes unless their suffix says they should be (`notes.txt` is skipped; a `.jpg` that does not
-decode is a bad image: `prepared.py` judges the bytes).
+decode is a bad image: `prepared_decoding.py` judges the bytes).
 Nothing here reads a file's content; nothing is ever written into the dataset folder.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from image_classifier.data.cifar import METADATA_FILE, load_classes
 from image_classifier.errors import DatasetError
@@ -308,50 +305,7 @@ def scan_folder(root: Path) -> FolderScan:
     )
 
 
-# --- the dataset's identity ---------------------------------------------------------------------------------
-
-
-def dataset_sha256(scan: FolderScan, hashes: list[str | None]) -> str:
-    """One hash over the classes and every file's path, label, layout split and content."""
-    document = {
-        "classes": list(scan.classes),
-        "files": [[file.path, file.label, file.split, digest] for file, digest in zip(scan.files, hashes)],
-    }
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
-
-
-# --- splits, bad images, leakage ---------------------------------------------------------------------------
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int, classes) -> np.ndarray:
-    """A boolean test mask: `test_fraction` of each class (rounded, at least 1, never all), drawn from `seed`."""
-    if not 0 < test_fraction < 1:
-        raise DatasetError(f"--test_fraction {test_fraction}: must be between 0 and 1 (exclusive)")
-    rng = np.random.default_rng(seed)  # PCG64: the same draws on every platform and numpy version
-    test = np.zeros(len(labels), dtype=bool)
-    too_small = []
-    for label in range(len(classes)):
-        members = np.flatnonzero(labels == label)
-        if len(members) < 2:
-            too_small.append(f"{classes[label]} ({len(members)})")
-            continue
-        count = min(max(round(len(members) * test_fraction), 1), len(members) - 1)
-        test[rng.permutation(members)[:count]] = True
-    if too_small:
-        raise DatasetError(
-            "splitting by --test_fraction needs at least 2 images in every class; these have fewer: "
-            + ", ".join(too_small)
-        )
-    return test
-
-
-def leaked_pairs(paths: list[str], hashes: list[str], is_test: np.ndarray) -> list[tuple[str, str]]:
-    """(training file, test file) pairs with the same bytes: a test image the model also trained on."""
-    train_by_hash: dict[str, str] = {}
-    for path, digest, test in zip(paths, hashes, is_test):
-        if not test:
-            train_by_hash.setdefault(digest, path)
-    return [(train_by_hash[d], p) for p, d, t in zip(paths, hashes, is_test) if t and d in train_by_hash]
+# --- bad images -----------------------------------------------------------------------------------------
 
 
 def bad_images_message(root: Path, bad: list[dict]) -> str:

@@ -31,7 +31,7 @@ def is_alias_uri(text: str) -> bool:
 def resolve(uri: str, experiments_folder: Path, tracking_uri: str | None):
     """The registry's `ModelVersion` for `uri`; the registry raises a UserError when it cannot."""
     try:
-        from image_classifier.tracking.registry import open_registry
+        from image_classifier.tracking.registries import open_registry
     except ImportError as exc:
         raise ModelSourceError(
             f"{uri} needs the model registry (image_classifier.tracking.registry), which cannot be imported "

@@ -19,7 +19,7 @@ from image_classifier.errors import UserError
 from image_classifier.serving.model_source import load_model
 
 if TYPE_CHECKING:
-    from image_classifier.serving.app import ServiceState
+    from image_classifier.serving.state import ServiceState
 
 logger = logging.getLogger(__name__)
 

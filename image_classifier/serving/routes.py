@@ -1,50 +1,54 @@
-"""The routes: POST /predict and /predict/batch, GET /health, /ready, /metadata, /metrics.
+"""The routes, one APIRouter: POST /predict and /predict/batch, GET /health, /ready, /metadata, /metrics.
 
-Every route here but /health needs the bearer token when one is set; /docs, its files and /openapi.json
-(added by the app) need none: they show what the service takes, nothing that it holds.
+Every route here but /health needs the bearer token when one is set (auth.py); /docs, its files and
+/openapi.json (added by the app) need none: they show what the service takes, nothing that it holds. Every
+JSON answer is built from the pydantic model the route declares (schemas.py), so /docs cannot drift from it.
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import TYPE_CHECKING
-
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from image_classifier.serving.admission import RETRY_AFTER_S
+from image_classifier.serving.auth import token_dependency
 from image_classifier.serving.batching import MicroBatcher
+from image_classifier.serving.error_responses import RETRY_LATER, error_response
 from image_classifier.serving.model_source import ServedModel, top_k
+from image_classifier.serving.request_bodies import BATCH_BODY, IMAGE_BODY
 from image_classifier.serving.schemas import (
-    BATCH_BODY,
     ERROR_RESPONSES,
-    IMAGE_BODY,
+    INVALID_REQUEST,
+    METRICS_ERRORS,
+    BatchItem,
     BatchPrediction,
+    ClassProbability,
+    Health,
     Metadata,
     ModelMetadata,
+    ModelSummary,
     Prediction,
+    Ready,
 )
+from image_classifier.serving.state import ServiceState
 from image_classifier.serving.uploads import read_images
-
-if TYPE_CHECKING:
-    from image_classifier.serving.app import ServiceState
 
 
 def build_router(state: ServiceState) -> APIRouter:
     settings = state.settings
-    token = token_dependency(state)
+    token = token_dependency(settings.token)
     router = APIRouter()
     top_k_query = Query(settings.top_k, ge=1, description="how many classes to return, most probable first")
 
-    @router.get("/health", summary="liveness: the process answers", tags=["status"])
-    async def health() -> dict:
-        return {"status": "ok"}
+    @router.get("/health", response_model=Health, summary="liveness: the process answers", tags=["status"])
+    async def health() -> JSONResponse:
+        return _json(Health(status="ok"))
 
     @router.get(
         "/ready",
+        response_model=Ready,
         summary="readiness: the model is loaded and the inference worker runs",
         tags=["status"],
         dependencies=[token],
@@ -54,7 +58,7 @@ def build_router(state: ServiceState) -> APIRouter:
         _batcher(state)  # 503 while not loaded, or once the inference worker has died
         if state.admission.stopping:
             return _unavailable("the service is shutting down")
-        return JSONResponse({"status": "ready", "sha256": _served(state).info.sha256})
+        return _json(Ready(status="ready", sha256=_served(state).info.sha256))
 
     @router.get("/metadata", response_model=Metadata, tags=["status"], dependencies=[token], responses=ERROR_RESPONSES)
     async def metadata() -> Metadata:
@@ -89,7 +93,9 @@ def build_router(state: ServiceState) -> APIRouter:
             decode_workers=settings.decode_workers,
         )
 
-    @router.get("/metrics", tags=["status"], dependencies=[token], summary="Prometheus metrics")
+    @router.get(
+        "/metrics", tags=["status"], dependencies=[token], responses=METRICS_ERRORS, summary="Prometheus metrics"
+    )
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -98,23 +104,22 @@ def build_router(state: ServiceState) -> APIRouter:
         response_model=Prediction,
         response_model_by_alias=True,
         dependencies=[token],
-        responses=ERROR_RESPONSES,
+        responses={**ERROR_RESPONSES, **INVALID_REQUEST},
         openapi_extra=IMAGE_BODY,
         summary="classify one image: a raw body (image/png, image/jpeg, ...) or a multipart upload",
         tags=["predict"],
     )
     async def predict(request: Request, top_k: int = top_k_query) -> JSONResponse:
         _, probabilities, model = await _predict(state, request, single=True)
-        # A ready response skips FastAPI's re-validation against Prediction (the schema /docs shows): a
-        # measurable cost per request under load, for a dict built right here.
-        return JSONResponse({"predictions": _top(probabilities[0], model, top_k), "model": _summary(model)})
+        answer = Prediction(predictions=_top(probabilities[0], model, top_k), model=_summary(model))
+        return _json(answer)
 
     @router.post(
         "/predict/batch",
         response_model=BatchPrediction,
         response_model_by_alias=True,
         dependencies=[token],
-        responses=ERROR_RESPONSES,
+        responses={**ERROR_RESPONSES, **INVALID_REQUEST},
         openapi_extra=BATCH_BODY,
         summary="classify several images: a multipart upload with one file part per image",
         tags=["predict"],
@@ -122,9 +127,9 @@ def build_router(state: ServiceState) -> APIRouter:
     async def predict_batch(request: Request, top_k: int = top_k_query) -> JSONResponse:
         names, probabilities, model = await _predict(state, request, single=False)
         results = [
-            {"filename": name, "predictions": _top(row, model, top_k)} for name, row in zip(names, probabilities)
+            BatchItem(filename=name, predictions=_top(row, model, top_k)) for name, row in zip(names, probabilities)
         ]
-        return JSONResponse({"results": results, "model": _summary(model)})
+        return _json(BatchPrediction(results=results, model=_summary(model)))
 
     return router
 
@@ -140,40 +145,28 @@ async def _predict(state: ServiceState, request: Request, single: bool):
     return images.names, probabilities, model
 
 
-def token_dependency(state: ServiceState):
-    token = state.settings.token
-    bearer = HTTPBearer(auto_error=False, description="the SERVE_TOKEN the service was started with")
-    expected = token.reveal().encode("ascii") if token is not None else None
-
-    # async: a plain def dependency would cost every request a trip through the thread pool.
-    async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if expected is None:
-            return
-        # The header's own bytes (Starlette decodes headers as latin-1).
-        given = credentials.credentials.encode("latin-1") if credentials is not None else b""
-        # compare_digest takes the same time wherever the bytes differ, so timing reveals nothing of the token.
-        if not hmac.compare_digest(given, expected):
-            raise StarletteHTTPException(
-                401, "missing or wrong bearer token (Authorization: Bearer ...)", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    return Depends(require_token)
+def _json(answer: BaseModel) -> JSONResponse:
+    """The answer, built from its model, sent as is: FastAPI's re-validation of a returned model against the
+    response_model (the schema /docs shows) is a measurable cost per request under load, for a model that
+    validated its fields when it was built. Dumped in python mode for the standard json module: the same
+    bytes (compact, floats as Python writes them) as ever."""
+    return JSONResponse(answer.model_dump(by_alias=True))
 
 
 def _unavailable(message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return error_response(message, 503, headers=RETRY_LATER)
 
 
 def _served(state: ServiceState) -> ServedModel:
     if state.model is None:
-        raise StarletteHTTPException(503, "the model is not loaded yet", headers={"Retry-After": str(RETRY_AFTER_S)})
+        raise StarletteHTTPException(503, "the model is not loaded yet", headers=RETRY_LATER)
     return state.model
 
 
 def _batcher(state: ServiceState) -> MicroBatcher:
     _served(state)
     if state.batcher is None:
-        raise StarletteHTTPException(503, "the model is not loaded yet", headers={"Retry-After": str(RETRY_AFTER_S)})
+        raise StarletteHTTPException(503, "the model is not loaded yet", headers=RETRY_LATER)
     if state.batcher.failure is not None:
         raise StarletteHTTPException(
             503, f"the inference worker stopped ({state.batcher.failure}): the service is exiting to be restarted"
@@ -181,10 +174,10 @@ def _batcher(state: ServiceState) -> MicroBatcher:
     return state.batcher
 
 
-def _top(probabilities, model: ServedModel, k: int) -> list[dict]:
-    return top_k(probabilities, model.classes, k)
+def _top(probabilities, model: ServedModel, k: int) -> list[ClassProbability]:
+    return [ClassProbability.model_validate(entry) for entry in top_k(probabilities, model.classes, k)]
 
 
-def _summary(model: ServedModel) -> dict:
+def _summary(model: ServedModel) -> ModelSummary:
     info = model.info
-    return {"sha256": info.sha256, "name": info.registry_name, "version": info.registry_version, "source": info.source}
+    return ModelSummary(sha256=info.sha256, name=info.registry_name, version=info.registry_version, source=info.source)

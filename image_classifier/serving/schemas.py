@@ -1,10 +1,22 @@
-"""The service's responses, as /docs shows them (pydantic models), and the errors each route may answer."""
+"""The service's responses, as /docs shows them (pydantic models), and the errors each route may answer.
+
+The routes build every JSON answer from these models (routes.py, error_responses.py), so what /docs and
+/openapi.json show is what the service sends; tests/serving/test_schemas.py checks each route's answers
+against the schema the app declares.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from image_classifier.serving.uploads import MULTIPART, RAW_IMAGE_TYPES
+
+class Health(BaseModel):
+    status: str = Field(description='always "ok": the process answers')
+
+
+class Ready(BaseModel):
+    status: str = Field(description='"ready": the model is loaded and the inference worker runs')
+    sha256: str = Field(description="sha256 of the served model.pth")
 
 
 class ClassProbability(BaseModel):
@@ -83,25 +95,8 @@ ERROR_RESPONSES = {
         (503, "model not loaded, busy (--max_queue), past --request_timeout, or shutting down; see Retry-After"),
     )
 }
-IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in sorted(RAW_IMAGE_TYPES)},
-            MULTIPART: {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
-        },
-    }
-}
-BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            MULTIPART: {
-                "schema": {
-                    "type": "object",
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            }
-        },
-    }
-}
+# FastAPI would document its own 422 body ({"detail": [...]}) for a route with parameters: the service answers
+# an invalid request as every other error (error_responses.py), and its docs say so.
+INVALID_REQUEST = {422: {"model": ErrorBody, "description": "invalid parameters (top_k below 1, not a number)"}}
+# /metrics needs only the token: it answers before the model has loaded.
+METRICS_ERRORS = {status: ERROR_RESPONSES[status] for status in (401, 500)}

@@ -22,11 +22,11 @@ import numpy as np
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
 
 from image_classifier.errors import ImageError
 from image_classifier.images import DEFAULT_IMAGE_SIZE, convert_image, declared_pixels, open_image
 from image_classifier.serving.admission import ClientGone, Ticket
+from image_classifier.serving.error_responses import error_response
 
 # Raw bodies are accepted with these types; the bytes decide the format (PNG, JPEG, ...), not the header.
 RAW_IMAGE_TYPES = frozenset(
@@ -74,7 +74,7 @@ class UploadLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse({"error": str(UploadTooLarge(self.max_bytes))}, status_code=413)
+            response = error_response(str(UploadTooLarge(self.max_bytes)), 413)
             return await response(scope, receive, send)
         received = 0
 

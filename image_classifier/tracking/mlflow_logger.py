@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from image_classifier.flatten import leaves
 from image_classifier.manifest import ENVIRONMENT_KEYS
 from image_classifier.tracking.mlflow_client import CALL_SECONDS, call_within, connect, error_code, short_reason
 from image_classifier.tracking.uri import redacted, run_page
@@ -32,18 +33,9 @@ MODEL_SHA256_TAG = "model_sha256"
 _MAX_TAG_LENGTH = 5000  # MLflow's limit is 8000 characters (5000 on some stores)
 
 
-def _flatten(value, prefix: str = "") -> dict[str, object]:
-    if isinstance(value, Mapping):
-        flat: dict[str, object] = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): value}
-
-
 def run_tags(manifest: Mapping) -> dict[str, str]:
     """run.json's environment facts and dataset hashes as MLflow tags (string values)."""
-    flat = _flatten({key: manifest[key] for key in TAG_SECTIONS if key in manifest})
+    flat = dict(leaves({key: manifest[key] for key in TAG_SECTIONS if key in manifest}))
     return {key: str(value)[:_MAX_TAG_LENGTH] for key, value in flat.items() if value is not None}
 
 
@@ -54,7 +46,7 @@ def run_params(arguments: Mapping) -> dict[str, str]:
 def epoch_metrics(entry: Mapping) -> dict[str, float]:
     """One metrics.json history entry as MLflow metrics: numbers only, per-class accuracy as
     `class_accuracy.<class>`; None (no test image of a class) and NaN or inf (a diverged loss) are left out."""
-    flat = _flatten({key: value for key, value in entry.items() if key != "epoch"})
+    flat = dict(leaves({key: value for key, value in entry.items() if key != "epoch"}))
     return {
         key: float(value)
         for key, value in flat.items()

@@ -3,50 +3,41 @@
 A version is an MLflow model version whose source is the `model.pth` artifact of the run's MLflow run; its
 tags carry the sha256, the source run (EXPERIMENT/RUN) and the test accuracy. A run trained without MLflow
 is logged to it when it is registered. Resolving a version uses the run folder's own model.pth when it is
-on this machine with the registered bytes, else downloads the artifact, with the run's run.json and
-metrics.json (the model spec, the classes), into `<experiments_folder>/.mlflow-models/NAME/VERSION/`; either
-way the sha256 is checked.
+on this machine with the registered bytes, else downloads the artifact (`mlflow_downloads.py`); either way
+the sha256 is checked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import logging
 import math
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from image_classifier.errors import RegistryError, UserError
-from image_classifier.run_dir import METRICS_FILE, MODEL_FILE, RUN_FILE, sha256_of
+from image_classifier.run_dir import MODEL_FILE
 from image_classifier.tracking.mlflow_client import connect, error_code, short_reason
+from image_classifier.tracking.mlflow_downloads import download_path, local_copy
 from image_classifier.tracking.mlflow_logger import MODEL_SHA256_TAG, log_finished_run
 from image_classifier.tracking.records import RunRecord
 from image_classifier.tracking.registry import (
-    MODEL_URI_PREFIX,
     SHA256,
     ModelVersion,
     Registry,
     check_alias,
     check_model_file,
     check_model_name,
-    is_inside,
-    is_source_run,
     parse_model_uri,
-    registrable_run,
-    source_run_of,
+    refuse_registered_twice,
+    version_of_source_run,
 )
 from image_classifier.tracking.uri import redacted
 
 logger = logging.getLogger(__name__)
 
 SHA256_TAG, SOURCE_RUN_TAG, TEST_ACCURACY_TAG = "sha256", "source_run", "test_accuracy"
-DOWNLOAD_FOLDER = ".mlflow-models"  # hidden: listings of the experiments folder skip it
-RECORD_FILES = (RUN_FILE, METRICS_FILE)  # downloaded with a version's model.pth, into the same folder
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
@@ -65,16 +56,6 @@ def _float_or_none(text: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _folder_name(name: str) -> str:
-    """A model name as one folder name: itself when it follows the name rule (all that this package
-    registers), else a digest of it, so that no name from a server can lead out of the download folder."""
-    try:
-        check_model_name(name)
-    except UserError:
-        return "name-" + hashlib.sha256(name.encode("utf-8", "replace")).hexdigest()[:16]
-    return name
-
-
 class MlflowRegistry(Registry):
     def __init__(self, experiments_folder: Path, tracking_uri: str) -> None:
         self.experiments_folder = experiments_folder
@@ -85,19 +66,10 @@ class MlflowRegistry(Registry):
     def location(self) -> str:
         return f"the MLflow model registry at {redacted(self.tracking_uri)}"
 
-    def register(self, run_dir: Path, name: str, aliases: Sequence[str] = ()) -> ModelVersion:
-        check_model_name(name)
-        for alias in aliases:
-            check_alias(alias)
-        source_run = source_run_of(self.experiments_folder, run_dir)
-        record = registrable_run(run_dir)
+    def _add_version(self, record: RunRecord, source_run: str, name: str, aliases: Sequence[str]) -> ModelVersion:
         with self._answers():
-            for existing in self._search(name):
-                if existing.tags.get(SHA256_TAG) == record.model_sha256:
-                    raise RegistryError(
-                        f"{source_run}'s model is already version {existing.version} of {name}; "
-                        f"to point an alias at it: image_classifier_runs alias {name} ALIAS {existing.version}"
-                    )
+            registered = ((existing.version, existing.tags.get(SHA256_TAG)) for existing in self._search(name))
+            refuse_registered_twice(source_run, name, record.model_sha256, registered)
             run_id = self._mlflow_run_with_model(record)
             artifact_uri = self._client.get_run(run_id).info.artifact_uri
             self._ensure_registered_model(name)
@@ -155,7 +127,8 @@ class MlflowRegistry(Registry):
                     f"{uri}: its {SHA256_TAG!r} tag is missing or not a sha256, so its file cannot be checked; "
                     "refused (register versions with image_classifier_runs register)"
                 )
-            return check_model_file(self._local_copy(version, found.source), self.experiments_folder)
+            local = local_copy(version, found.source, self.experiments_folder, self.tracking_uri)
+            return check_model_file(local, self.experiments_folder)
 
     # --- MLflow calls ---
 
@@ -229,97 +202,15 @@ class MlflowRegistry(Registry):
         own_aliases = found.aliases or [
             alias for alias, number in (aliases or {}).items() if str(number) == found.version
         ]
-        source_run = tags.get(SOURCE_RUN_TAG, "")
-        # A tag is anybody's text: only EXPERIMENT/RUN names a folder here (never "../..", never a path).
-        run_dir = self.experiments_folder / source_run if is_source_run(source_run) else None
-        run_dir = run_dir if run_dir is not None and run_dir.is_dir() else None
         version = int(found.version)
-        return ModelVersion(
+        return version_of_source_run(
+            self.experiments_folder,
+            tags.get(SOURCE_RUN_TAG, ""),
             name=found.name,
             version=version,
-            aliases=tuple(sorted(own_aliases)),
-            model_path=run_dir / MODEL_FILE if run_dir else self._download_path(found.name, version),
+            aliases=own_aliases,
             sha256=tags.get(SHA256_TAG, ""),
-            source_run=source_run,
-            run_dir=run_dir,
             registered_at=_timestamp(found.creation_timestamp),
             test_accuracy=_float_or_none(tags.get(TEST_ACCURACY_TAG)),
+            elsewhere=download_path(self.experiments_folder, found.name, version),
         )
-
-    def _download_path(self, name: str, version: int) -> Path:
-        return self.experiments_folder / DOWNLOAD_FOLDER / _folder_name(name) / str(version) / MODEL_FILE
-
-    def _local_copy(self, version: ModelVersion, source: str) -> ModelVersion:
-        """`version` with a model_path on this machine holding the registered bytes, if MLflow has them."""
-        if (
-            version.model_path.is_file()
-            and is_inside(self.experiments_folder, version.model_path)
-            and sha256_of(version.model_path) == version.sha256
-        ):
-            return version
-        if version.run_dir is not None and version.model_path.is_file():
-            logger.warning(
-                "%s changed since it was registered; using %s%s/%s from MLflow instead",
-                version.model_path,
-                MODEL_URI_PREFIX,
-                version.name,
-                version.version,
-            )
-        target = self._download_path(version.name, version.version)
-        if not (target.is_file() and sha256_of(target) == version.sha256):
-            self._download(version, source, target)
-        # The run's record beside the weights: its model spec says how to build and feed the model, and its
-        # model_sha256 is checked against the weights by whoever reads them.
-        for name in RECORD_FILES:
-            if not (target.parent / name).is_file():
-                self._download_record(f"{source.rpartition('/')[0]}/{name}", target.parent / name)
-        return replace(version, model_path=target)
-
-    def _download_record(self, source: str, target: Path) -> None:
-        """One of the source run's JSON files; a run logged without it (lost calls) is served without it."""
-        import mlflow.artifacts
-
-        try:
-            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as folder:
-                downloaded = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=source, dst_path=folder, tracking_uri=self.tracking_uri
-                    )
-                )
-                if downloaded.is_file() and not downloaded.is_symlink():
-                    shutil.move(downloaded, target)
-        except Exception as exc:
-            reason = short_reason(exc, self.tracking_uri)
-            logger.warning("the run's %s is not in MLflow (%s); the model is read without it", target.name, reason)
-
-    def _download(self, version: ModelVersion, source: str, target: Path) -> None:
-        import mlflow.artifacts
-
-        uri = f"{MODEL_URI_PREFIX}{version.name}/{version.version}"
-        self._check_is_one_file(uri, source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Into a temporary folder next to the target, checked, then renamed: a half download or wrong bytes
-        # never take the target's place.
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as folder:
-            downloaded = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=source, dst_path=folder, tracking_uri=self.tracking_uri
-                )
-            )
-            if not downloaded.is_file() or downloaded.is_symlink():
-                raise RegistryError(f"{uri}: its source is not one file; refused")
-            if sha256_of(downloaded) != version.sha256:
-                raise RegistryError(f"{uri}: the file MLflow holds is not the registered one (sha256 differs)")
-            shutil.move(downloaded, target)
-
-    def _check_is_one_file(self, uri: str, source: str) -> None:
-        """Refuse a source that is a folder (an MLflow model directory, a whole run) before downloading it."""
-        import mlflow.artifacts
-
-        parent, _, name = source.rstrip("/").rpartition("/")
-        listed = mlflow.artifacts.list_artifacts(artifact_uri=parent, tracking_uri=self.tracking_uri) if parent else []
-        entry = next((item for item in listed if item.path.rpartition("/")[2] == name), None)
-        if entry is None:
-            raise RegistryError(f"{uri}: MLflow has no file at its source {redacted(source)}")
-        if entry.is_dir:
-            raise RegistryError(f"{uri}: its source {redacted(source)} is a folder, not a {MODEL_FILE} file; refused")

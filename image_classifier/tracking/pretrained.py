@@ -6,7 +6,7 @@ import dataclasses
 import logging
 
 from image_classifier.config import TrainConfig
-from image_classifier.tracking.registry import open_registry
+from image_classifier.tracking.registries import open_registry
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO_ROOT, run_command
+from tests.documentation import section
 
 pytestmark = pytest.mark.slow
 
@@ -22,9 +23,9 @@ HEALTH_CHECK_TIMEOUT_MS = 5000
 
 
 def stated_bound_mb() -> int:
-    """The process's memory bound with the default settings, as the README's "Serving predictions" states it."""
-    found = re.search(r"at most \*\*([\d,]+) MB\*\* with the defaults", (REPO_ROOT / "README.md").read_text())
-    assert found, "the README states no memory bound for the service"
+    """The process's memory bound with the default settings, as docs/serving.md states it."""
+    found = re.search(r"at most \*\*([\d,]+) MB\*\* with the defaults", section("serving.md", "Bounds"))
+    assert found, "docs/serving.md states no memory bound for the service"
     return int(found.group(1).replace(",", ""))
 
 

@@ -15,7 +15,7 @@ from torchvision import transforms
 
 from image_classifier.data.batches import ImageSplit, iterate_batches, num_batches, prepare_split, preprocess
 from image_classifier.data.cifar import CIFAR10_URL, load_classes, load_dataset, safe_unpickle
-from image_classifier.data.synthetic import py2_pickle_dict
+from image_classifier.data.py2_pickle import py2_pickle_dict
 from image_classifier.errors import DatasetError
 from tests.conftest import FIXTURES, TEST_SIZE, TRAIN_SIZE
 

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from image_classifier.data import folder as folder_module
-from image_classifier.data.folder import bad_images_message, leaked_pairs, scan_folder, stratified_split
+from image_classifier.data.folder import bad_images_message, scan_folder
+from image_classifier.data.splits import leaked_pairs, stratified_split
 from image_classifier.errors import DatasetError
 from tests.data.folders import png, simple_folder, write
 

@@ -15,18 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from image_classifier.data import prepared as prepared_module
+from image_classifier.data import prepared_decoding as prepared_module
 from image_classifier.data.data import DataOptions, load_train_test_data
 from image_classifier.data.folder import scan_folder
-from image_classifier.data.prepared import (
-    IMAGES_FILE,
-    LABELS_FILE,
-    MANIFEST_FILE,
-    cache_key,
-    default_cache_folder,
-    hash_files,
-    prepare,
-)
+from image_classifier.data.prepared import prepare
+from image_classifier.data.prepared_decoding import hash_files
+from image_classifier.data.prepared_keys import IMAGES_FILE, LABELS_FILE, MANIFEST_FILE, cache_key, default_cache_folder
 from image_classifier.errors import DatasetError
 from image_classifier.images import conversion_settings, decode_image
 from image_classifier.locking import exclusive_lock
@@ -51,7 +45,7 @@ def prepare_folder(root: Path, cache: Path, image_size: int = 32, processes: int
 
 
 def key_of(root: Path, image_size: int = 32) -> str:
-    from image_classifier.data.folder import dataset_sha256
+    from image_classifier.data.prepared_keys import dataset_sha256
 
     scan = scan_folder(root)
     hashes, _ = hash_files(root, [f.path for f in scan.files], 1)
@@ -116,7 +110,7 @@ def test_the_same_files_reuse_the_cache_without_decoding(tmp_path, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(prepared_module, "_decode_chunk", no_decoding)
+    monkeypatch.setattr(prepared_module, "decode_chunk", no_decoding)
     _, again = prepare_folder(root, tmp_path / "cache")
     assert again.reused and again.key == first.key
     np.testing.assert_array_equal(again.images, first.images)
@@ -444,14 +438,14 @@ def test_the_array_files_blocks_are_reserved_before_any_pixel_is_written(tmp_pat
     instead of README's `error: cannot write the prepared dataset ...: No space left on device`. Seen on a
     2 MB tmpfs with 80 images at 128 x 128; now that is the one-line error, as the reservation fails."""
     root = simple_folder(tmp_path / "data", {"a": 3, "b": 3})
-    real_decode_chunk, allocated = prepared_module._decode_chunk, []
+    real_decode_chunk, allocated = prepared_module.decode_chunk, []
 
     def decode_chunk(images_path, *args):
         status = os.stat(images_path)
         allocated.append((status.st_blocks * 512, status.st_size))
         return real_decode_chunk(images_path, *args)
 
-    monkeypatch.setattr(prepared_module, "_decode_chunk", decode_chunk)
+    monkeypatch.setattr(prepared_module, "decode_chunk", decode_chunk)
     _, prepared = prepare_folder(root, tmp_path / "cache", image_size=64)
     assert len(prepared.rows) == 6 and len(allocated) == 1
     blocks, size = allocated[0]
@@ -466,7 +460,7 @@ def _killed_on_the_spot(*args):
 def test_a_worker_killed_by_the_system_is_one_clear_error(tmp_path, monkeypatch):
     """A decoding worker killed outright (the kernel's OOM killer, a SIGBUS) was a BrokenProcessPool traceback."""
     root = simple_folder(tmp_path / "data", {"a": 3, "b": 3})
-    monkeypatch.setattr(prepared_module, "_decode_chunk", _killed_on_the_spot)
+    monkeypatch.setattr(prepared_module, "decode_chunk", _killed_on_the_spot)
     with pytest.raises(DatasetError, match="a worker process reading the images died .*out of memory"):
         prepare_folder(root, tmp_path / "cache", processes=2)
     assert [path.name for path in (tmp_path / "cache").iterdir() if ".tmp-" in path.name] == []

@@ -268,7 +268,7 @@ class _FakeModel:
 
 
 def test_a_batch_decoded_for_the_model_a_reload_replaced_is_answered_by_that_model():
-    from image_classifier.serving.app import ServiceState
+    from image_classifier.serving.state import ServiceState
 
     state = ServiceState(ServeSettings(model=ModelRequest("m")), model=_FakeModel(64))
     state.previous_model = _FakeModel(32)

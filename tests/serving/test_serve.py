@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, command
+from tests.documentation import page_text
 from tests.serving.conftest import (
     Server,
     free_port,
@@ -296,12 +297,10 @@ def test_sighup_on_a_run_folder_is_logged_and_does_not_stop_the_service(served_r
     assert httpx.get(served_run.url + "/ready", timeout=60).status_code == 200
 
 
-def test_the_readme_documents_every_option_of_both_commands():
+def test_the_docs_document_every_option_of_both_commands():
     from image_classifier.serving import predict, serve
 
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = re.split(r"\n## ", re.split(r"\n## \d+\. Serving predictions\n", readme)[1])[0]
-    documented = set(re.findall(r"`(--?[a-z_]+)[` ]", section))
+    documented = set(re.findall(r"`(--?[a-z_]+)[` ]", page_text("serving.md")))
     for module in (serve, predict):
         options = {o for action in module.build_parser()._actions for o in action.option_strings}
         assert options - {"-h", "--help", "--version"} <= documented, options - documented

@@ -17,7 +17,7 @@ from image_classifier.run_dir import sha256_of
 from image_classifier.serving.model_request import ModelRequest
 from image_classifier.serving.model_source import load_model
 from image_classifier.tracking.mlflow_client import CALL_SECONDS, ENVIRONMENT_DEFAULTS
-from image_classifier.tracking.registry import open_registry
+from image_classifier.tracking.registries import open_registry
 from tests.conftest import PASSWORD, REPO_ROOT, RUN_FILES, command, run_command, run_trainer, trainer_args
 from tests.tracking.conftest import free_port, started
 
@@ -281,7 +281,7 @@ def test_without_a_tracking_uri_mlflow_is_never_imported(trained_experiments):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from image_classifier.tracking.registry import open_registry\n"
+        "from image_classifier.tracking.registries import open_registry\n"
         "from image_classifier.tracking.runs import main\n"
         f"main(['list', '--experiments_folder', {str(trained_experiments)!r}])\n"
         f"open_registry(Path({str(trained_experiments)!r})).versions()\n"

@@ -17,7 +17,7 @@ from image_classifier.tracking.mlflow_client import (
     connect,
     short_reason,
 )
-from image_classifier.tracking.registry import open_registry
+from image_classifier.tracking.registries import open_registry
 
 PIECES = ("user-Qa1", "pw-Zk9", "pw-Xy7")
 

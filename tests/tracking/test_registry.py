@@ -12,14 +12,9 @@ from hypothesis import strategies as st
 
 from image_classifier.errors import RegistryError, UserError
 from image_classifier.run_dir import sha256_of
-from image_classifier.tracking.registry import (
-    REGISTRY_FILE,
-    FileRegistry,
-    ModelVersion,
-    is_model_uri,
-    open_registry,
-    parse_model_uri,
-)
+from image_classifier.tracking.file_registry import REGISTRY_FILE, FileRegistry
+from image_classifier.tracking.registries import open_registry
+from image_classifier.tracking.registry import ModelVersion, is_model_uri, parse_model_uri, version_of_source_run
 from tests.conftest import REPO_ROOT, command, run_command, trainer_args
 from tests.tracking.conftest import free_port
 
@@ -151,15 +146,16 @@ def test_model_uris():
 _REGISTER_WHEN_RELEASED = """
 import contextlib, os, sys
 from pathlib import Path
-from image_classifier.tracking import registry
+from image_classifier.tracking import file_registry
+from image_classifier.tracking.registries import open_registry
 experiments, run_dir, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[5]
 ready, go = int(sys.argv[3]), int(sys.argv[4])
 if mode == "unlocked":  # the writers' lock taken away: what the race test must catch
-    registry.exclusive_lock = lambda path: contextlib.nullcontext()
+    file_registry.exclusive_lock = lambda path: contextlib.nullcontext()
 os.write(ready, b"1")
 os.close(ready)
 os.read(go, 1)  # blocks until the test closes the other end: then every process goes at once
-registry.open_registry(experiments).register(run_dir, "race")
+open_registry(experiments).register(run_dir, "race")
 """
 
 
@@ -440,3 +436,22 @@ def test_the_trainer_and_the_services_say_one_line_about_a_damaged_registry(data
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("error: ") and f"the registry {experiments / REGISTRY_FILE} is damaged" in line
+
+
+def test_a_version_names_a_run_folder_only_for_experiment_slash_run(tmp_path):
+    """Both backends build versions with `version_of_source_run`: a source run that is not EXPERIMENT/RUN
+    (an MLflow tag is anybody's text) never becomes a folder, and a run folder that is gone is no run_dir."""
+    (tmp_path / "e" / "r").mkdir(parents=True)
+    common = dict(name="m", version=1, aliases=["b", "a"], sha256="0" * 64, registered_at="", test_accuracy=None)
+    here = version_of_source_run(tmp_path, "e/r", **common)
+    assert (here.run_dir, here.model_path, here.aliases) == (
+        tmp_path / "e" / "r",
+        tmp_path / "e/r/model.pth",
+        ("a", "b"),
+    )
+    download = tmp_path / ".mlflow-models" / "m" / "1" / "model.pth"
+    for source_run in ("../..", "e/r/../../x", "/etc", "e/gone"):
+        version = version_of_source_run(tmp_path, source_run, **common, elsewhere=download)
+        assert (version.run_dir, version.model_path, version.source_run) == (None, download, source_run)
+    gone = version_of_source_run(tmp_path, "e/gone", **common)
+    assert (gone.run_dir, gone.model_path) == (None, tmp_path / "e/gone/model.pth")

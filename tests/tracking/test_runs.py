@@ -14,17 +14,12 @@ from hypothesis import strategies as st
 
 from image_classifier.errors import RunDirectoryError
 from image_classifier.run_dir import STAGING_MARKER, RunDirectory, is_locked, lock_directory
+from image_classifier.tracking.file_registry import REGISTRY_FILE
 from image_classifier.tracking.records import COMPLETED
-from image_classifier.tracking.registry import REGISTRY_FILE
-from image_classifier.tracking.runs import (
-    FORMULA_STARTS,
-    LIST_COLUMNS,
-    MODEL_COLUMNS,
-    TABLE_COLUMNS,
-    build_parser,
-    format_csv,
-    main,
-)
+from image_classifier.tracking.runs import build_parser, main
+from image_classifier.tracking.runs_list import LIST_COLUMNS, TABLE_COLUMNS
+from image_classifier.tracking.runs_models import MODEL_COLUMNS
+from image_classifier.tracking.tables import FORMULA_STARTS, format_csv
 from tests.conftest import command, run_command
 
 
@@ -599,3 +594,23 @@ def test_run_and_experiment_folder_names_cannot_drive_the_terminal(experiments, 
     ):
         code, out, err = _run(capsys, *argv, *folder)
         assert not any(char in out + err for char in "\x1b\x07\r"), argv
+
+
+def test_show_lists_leaves_of_the_environment(experiments, capsys):
+    """Empty dicts vanish and a key's trailing dots are dropped, as before `flatten` was shared (issue 17)."""
+    run_json = experiments / "e" / "seed0" / "run.json"
+    document = json.loads(run_json.read_text())
+    document["versions"] = {"torch": "9.9", "empty": {}, "dotted.": {"y.": "two"}, "nested": {"deeper": {}}}
+    document["dataset"] = {}
+    run_json.write_text(json.dumps(document))
+    assert main(["show", "e/seed0", "--experiments_folder", str(experiments), "--full"]) == 0
+    full = capsys.readouterr().out
+    environment = full.split("\nenvironment\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split() for line in environment if "versions" in line] == [
+        ["versions.torch", "9.9"],
+        ["versions.dotted..y", "two"],
+    ]
+    assert not any(line.lstrip().startswith("dataset") for line in environment)
+    assert main(["show", "e/seed0", "--experiments_folder", str(experiments)]) == 0
+    brief = capsys.readouterr().out
+    assert "versions.torch=9.9  versions.dotted..y=two" in brief and "versions.empty" not in brief

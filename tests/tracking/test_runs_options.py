@@ -11,6 +11,7 @@ import pytest
 
 from image_classifier.tracking.runs import build_parser, main
 from tests.conftest import REPO_ROOT
+from tests.documentation import all_text
 
 # A value each positional and each option-with-a-value accepts, by its dest.
 SAMPLE_VALUES = {"run": "e/r", "runs": "e/a", "name": "n", "alias": "production", "version": "2"}
@@ -71,9 +72,9 @@ def test_compare_answers_in_json_too():
 
 
 def _readme_runs_command_lines() -> list[list[str]]:
-    """Every `image_classifier_runs ...` command line of the README's code blocks and of the module's docstring,
-    without comments, redirections and what follows `&&` or `&`."""
-    text = (REPO_ROOT / "README.md").read_text() + (REPO_ROOT / "image_classifier/tracking/runs.py").read_text()
+    """Every `image_classifier_runs ...` command line of the code blocks of the README and docs/ and of the module's
+    docstring, without comments, redirections and what follows `&&` or `&`."""
+    text = all_text() + (REPO_ROOT / "image_classifier/tracking/runs.py").read_text()
     lines = []
     for block in re.findall(r"```(?:bash)?\n(.*?)```", text, re.DOTALL) + [text]:
         for line in block.splitlines():

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from image_classifier.run_dir import sha256_of
-from image_classifier.tracking.registry import REGISTRY_FILE, open_registry
+from image_classifier.tracking.file_registry import REGISTRY_FILE
+from image_classifier.tracking.registries import open_registry
 from tests.conftest import REPO_ROOT, RUN_FILES, TEST_SIZE, command, run_command, run_trainer, trainer_args
 
 pytestmark = pytest.mark.slow
