@@ -13,8 +13,7 @@ from pathlib import Path
 from image_classifier.clock import utc_timestamp
 from image_classifier.durable_files import write_json_atomically
 from image_classifier.errors import RegistryError
-from image_classifier.locking import exclusive_lock
-from image_classifier.run_dir import warn_if_lock_is_local
+from image_classifier.locking import exclusive_lock, warn_if_lock_is_local
 from image_classifier.tracking.records import RunRecord
 from image_classifier.tracking.registry import (
     SHA256,

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from image_classifier.config import check_name
 from image_classifier.errors import ModelSpecError, RunRecordError, UserError
+from image_classifier.locking import is_locked
 from image_classifier.model.spec import SPEC_KEY, ModelSpec, spec_of_run
-from image_classifier.run_dir import INCOMPLETE_SUFFIX, METRICS_FILE, RUN_FILE, STAGING_MARKER, is_locked
+from image_classifier.run_dir import INCOMPLETE_SUFFIX, METRICS_FILE, RUN_FILE, STAGING_MARKER
 
 COMPLETED, INTERRUPTED, FAILED, RUNNING, UNREADABLE = "completed", "interrupted", "failed", "running", "unreadable"
 

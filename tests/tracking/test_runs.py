@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from image_classifier.errors import RunDirectoryError
-from image_classifier.run_dir import STAGING_MARKER, RunDirectory, is_locked, lock_directory
+from image_classifier.locking import is_locked, lock_directory
+from image_classifier.run_dir import STAGING_MARKER, RunDirectory
 from image_classifier.tracking.file_registry import REGISTRY_FILE
 from image_classifier.tracking.records import COMPLETED
 from image_classifier.tracking.runs import build_parser, main
@@ -384,7 +385,7 @@ def test_usage_errors_never_echo_a_value(capsys):
 _ASK_FOREVER = """
 import sys
 from pathlib import Path
-from image_classifier.run_dir import is_locked
+from image_classifier.locking import is_locked
 folder = Path(sys.argv[1])
 print("asking", flush=True)
 while True:
@@ -418,7 +419,7 @@ def test_listing_never_makes_a_writer_fail(tmp_path):
 _HOLD = """
 import sys, time
 from pathlib import Path
-from image_classifier.run_dir import lock_directory
+from image_classifier.locking import lock_directory
 lock = lock_directory(Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(600)
