@@ -3,7 +3,7 @@
 S is the image size, 32 by default (CIFAR-10's); training on an image folder (`--image_size`) and serving
 the model it gives both convert with this module, at the size the run recorded.
 
-The one conversion rule (the README's "Serving predictions" states it too):
+The one conversion rule (docs/training.md, "Image conversion", states it too):
 1. only PNG, JPEG, BMP, GIF and WebP are decoded (the first frame of an animation); the declared size is
    checked against a pixel limit *before* any pixel is decoded, so a small file that declares a huge image
    (a decompression bomb) is refused without using the memory; a truncated file is an error, never padded;

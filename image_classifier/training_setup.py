@@ -23,7 +23,7 @@ from image_classifier.model.architectures import build_model, check_deterministi
 from image_classifier.model.spec import ModelSpec, new_spec
 from image_classifier.secret import Secret
 
-# Below this batch size a new run trains on one CPU thread, from it on every core. On the README's quiet
+# Below this batch size a new run trains on one CPU thread, from it on every core. On the quiet
 # 2-core machine 2 threads trained 1.7-1.8x faster than 1 at batch 128 and 512, and 13 % slower at batch 4
 # (too little work per kernel to share). While other work loads the machine, 2 threads are 3x to 30x
 # slower at every batch size (each kernel waits for a descheduled partner): `--num_threads 1` there.

@@ -23,7 +23,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REPO_ROOT
-from tests.documentation import DOCS, README, pages
+from tests.documentation import DOCS, README, pages, section
 
 # Every console script the package installs, as "module:function" (pyproject.toml): the parsers are found
 # through these, so that the tests follow a command whose module moves.
@@ -434,3 +434,33 @@ def test_a_bad_value_in_the_docs_fails():
     text = "```bash\nimage_classifier_trainer --experiment_name e --run_name r --batch_size 0\n```\n"
     (line,) = command_lines_of(text, "doc")
     assert "exit 2" in parse_error(line)
+
+
+def tree_paths(tree: str) -> set[str]:
+    """The paths a `tree`-style drawing names: each entry joined to the folders above it by its depth."""
+    paths, folders = set(), []
+    for line in tree.splitlines():
+        match = re.match(r"^((?:│   |    )*)[├└]── (\S+)", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 4
+        folders[depth:] = [match.group(2)]
+        paths.add("/".join(folders))
+    return paths
+
+
+def test_the_tree_reader_joins_entries_to_their_folders():
+    drawing = "├── a\n│   ├── b.py   # x\n│   └── c\n│       └── d.py\n└── e.py\n"
+    assert tree_paths(drawing) == {"a", "a/b.py", "a/c", "a/c/d.py", "e.py"}
+
+
+def test_the_repository_tree_names_every_module_of_the_package_and_nothing_that_is_gone():
+    drawn = {path for path in tree_paths(section("operations.md", "Repository structure")) if path.endswith(".py")}
+    package = {
+        str(path.relative_to(REPO_ROOT))
+        for path in (REPO_ROOT / "image_classifier").rglob("*.py")
+        if path.name not in ("__init__.py", "_version.py")
+    }
+    drawn_in_package = {path for path in drawn if path.startswith("image_classifier/")}
+    assert package - drawn_in_package == set(), "modules the tree in docs/operations.md does not show"
+    assert {path for path in drawn if not (REPO_ROOT / path).exists()} == set(), "the tree shows what is gone"

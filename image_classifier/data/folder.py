@@ -1,7 +1,7 @@
 """Image folders: the layout, the classes, and every file that is skipped or bad (the draw of a test split
 and the leakage check live in splits.py; the dataset's hash in prepared_keys.py).
 
-Two layouts are recognised (the README's "Training on your own images" shows them):
+Two layouts are recognised (docs/training.md, "Image folders", shows them):
 - `train/<class>/...` with one of `test/`, `val/` or `validation/` beside it (names in any case) as the test
   split; `train/` alone is split like a class tree;
 - `<class>/...` folders at the top, split by `--test_fraction`: stratified (that fraction of each class,

@@ -7,8 +7,8 @@ Routes (routes.py): POST /predict (one image), POST /predict/batch (several), GE
 wrong, 503 with Retry-After when the service cannot take the request now, and 500 (its traceback logged) for
 the unexpected. The shared state is state.py's ServiceState; the hot swap is reload.py.
 
-What a request can hold, and for how long, is bounded (uploads.py, admission.py): the README's "Serving
-predictions" states the bounds.
+What a request can hold, and for how long, is bounded (uploads.py, admission.py): docs/serving.md,
+"Bounds", states them.
 """
 
 from __future__ import annotations

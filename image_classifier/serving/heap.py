@@ -4,7 +4,7 @@ Python's cyclic garbage collector stops every thread of the process while it run
 generation) collection walks every tracked object: with torch imported, about 220,000 of them, which took
 190 ms a collection on average, up to 330 ms, on the busy 2-core build machine. Under load such collections
 came every 2 seconds, and every request in progress waited: they were most of the service's p99 at 32
-clients (README "Load").
+clients (docs/performance.md, "Serving: load").
 Objects that live from start-up to exit (modules, the model, the app) need never be walked: moved to the
 collector's permanent generation once the service is ready (`gc.freeze`), a full collection walks only what
 was created since, a few milliseconds. Nothing changes for what requests create: it is collected as before.
@@ -13,7 +13,7 @@ reference counting, as long as no reference cycle runs through it (a test holds 
 
 The youngest generation keeps Python's threshold (700 objects): collected less often (10,000), its pauses under
 load fell from 100-150 ms to 0-7 ms per 3,200 requests, but cyclic garbage would then wait for about 14 times
-as many objects, and the memory bound (README "Bounds") counts a request's bytes only while it lives: any
+as many objects, and the memory bound (docs/serving.md, "Bounds") counts a request's bytes only while it lives: any
 path that leaves them in a reference cycle would hold them that much longer.
 
 The pauses themselves are timed (CollectorPauses) and exported with the metrics, so that a stall of this kind
