@@ -162,16 +162,6 @@ def test_the_readme_maps_every_command_and_make_target():
     assert not [target for target in targets if f"make {target}" not in readme and target != "help"]
 
 
-def test_make_help_lists_the_docs_target(tmp_path):
-    result = subprocess.run(
-        ["make", "-C", str(REPO_ROOT), "--no-print-directory", "help", f"VENV={tmp_path}/venv"],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    assert any(line.split()[:1] == ["docs"] for line in result.stdout.splitlines()), result.stdout
-
-
 def test_the_figures_are_the_example_runs():
     for name in ("metrics.png", "curves.png"):
         shown = DOCS / "figures" / name

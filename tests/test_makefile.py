@@ -164,6 +164,7 @@ def test_make_help_shows_the_variables_values_not_their_names(tmp_path):
     assert "$(" not in result.stdout, result.stdout
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
     assert "into data/sample_dataset if it is missing" in lines["data"]
+    assert "documentation site" in lines["docs"]
     assert "Train on data/cifar_dataset (default" in lines["train"]
     assert f"keeps {tmp_path}/venv and the experiments" in lines["clean"]
 
