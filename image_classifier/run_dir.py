@@ -229,7 +229,14 @@ class RunDirectory:
     def _save_checkpoint_in(self, directory: Path, checkpoint: dict) -> None:
         import torch
 
-        self._replace_atomically(directory, CHECKPOINT_FILE, lambda path: torch.save(checkpoint, path))
+        def write(temporary: Path) -> None:
+            # torch.save embeds the stem of the file it writes in the archive: saved under a name of its own
+            # first (the run's lock keeps it to one writer), a checkpoint's bytes never hold the process id.
+            named = directory / f".{CHECKPOINT_FILE}.tmp"
+            torch.save(checkpoint, named)
+            os.replace(named, temporary)
+
+        self._replace_atomically(directory, CHECKPOINT_FILE, write)
 
     def _write_json_in(self, directory: Path, name: str, data: dict) -> None:
         text, replaced = strict_json(data)

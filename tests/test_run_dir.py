@@ -90,6 +90,23 @@ def test_model_bytes_depend_only_on_the_weights(tmp_path):
     assert len(digests) == 1
 
 
+def test_checkpoint_bytes_do_not_depend_on_the_process_id(tmp_path, monkeypatch):
+    # torch.save embeds the name of the file it writes in the archive: a temporary named after the process
+    # would make two identical runs' checkpoints differ (item 5 of issue 17: no byte of a run changes).
+    checkpoints = []
+    for pid in (7, 123456):
+        monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
+        run_dir = RunDirectory(tmp_path / str(pid) / "r")
+        run_dir.create({"w": torch.arange(4.0)}, {})
+        run_dir.save_checkpoint({"w": torch.arange(4.0)})
+        checkpoints.append((run_dir.work_dir / CHECKPOINT_FILE).read_bytes())
+        run_dir.release()
+    assert checkpoints[0] == checkpoints[1]
+    # The archive's folder is the one versions before the refactor wrote, whatever the process.
+    assert b".checkpoint.pt/data.pkl" in checkpoints[0]
+    assert sorted(path.name for path in run_dir.work_dir.iterdir()) == [CHECKPOINT_FILE, "run.json"]
+
+
 def test_json_is_strict_non_finite_numbers_become_null_with_a_warning(tmp_path, caplog):
     run_dir = RunDirectory(tmp_path / "e" / "r")
     run_dir.create({}, {})
