@@ -36,16 +36,16 @@ def finite_json(value, where: str = "") -> tuple[object, list[str]]:
     return value, []
 
 
-def strict_json(data, indent: int = 4) -> tuple[str, list[str]]:
+def strict_json(data, indent: int = 4, sort_keys: bool = False) -> tuple[str, list[str]]:
     """JSON that every parser accepts, and the places of the NaN and infinities written as null (older
     versions wrote them into run files). ASCII only: a name that is not valid UTF-8 (kept by Python as
     surrogates) is written escaped."""
     finite, replaced = finite_json(data)
-    return json.dumps(finite, indent=indent, allow_nan=False) + "\n", replaced
+    return json.dumps(finite, indent=indent, allow_nan=False, sort_keys=sort_keys) + "\n", replaced
 
 
-def to_strict_json(data, indent: int = 4) -> str:
-    return strict_json(data, indent)[0]
+def to_strict_json(data, indent: int = 4, sort_keys: bool = False) -> str:
+    return strict_json(data, indent, sort_keys)[0]
 
 
 def replace_atomically(target: Path, write: Callable[[Path], None]) -> None:

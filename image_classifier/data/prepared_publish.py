@@ -152,7 +152,7 @@ def _write_prepared(job: Job, work: Path, target: Path) -> None:
     for name in (IMAGES_FILE, LABELS_FILE):
         fsync_path(work / name)
     # last: a folder with a valid manifest is complete
-    (work / MANIFEST_FILE).write_text(to_strict_json(manifest, indent=1), encoding="utf-8")
+    (work / MANIFEST_FILE).write_text(to_strict_json(manifest, indent=1, sort_keys=True), encoding="utf-8")
     fsync_path(work / MANIFEST_FILE)
     fsync_path(work)
     logger.info(

@@ -102,6 +102,14 @@ def test_the_prepared_files_are_plain_numpy_and_json(mixed, tmp_path):
     assert [item["path"] for item in manifest["not_images"]] == ["train/cat/notes.txt"]
 
 
+def test_the_manifest_is_written_as_before_the_refactor_keys_sorted(mixed, tmp_path):
+    # Item 5 of issue 17: no output file's bytes change. The manifest has always been written with its keys
+    # sorted (at every level), one space of indent, non-ASCII escaped.
+    _, prepared = prepare_folder(mixed, tmp_path)
+    text = (tmp_path / prepared.key / MANIFEST_FILE).read_text(encoding="utf-8")
+    assert text == json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"
+
+
 def test_the_same_files_reuse_the_cache_without_decoding(tmp_path, monkeypatch):
     root = simple_folder(tmp_path / "data", {"a": 3, "b": 3})
     _, first = prepare_folder(root, tmp_path / "cache")
