@@ -79,7 +79,7 @@ def write_json_atomically(path: Path, data) -> None:
 def _process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process is there
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: a number no process id can be
         return False
     except PermissionError:  # there, and another user's
         return True

@@ -44,3 +44,13 @@ def test_a_dead_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path):
     write_json_atomically(target, {"a": 1})
     assert not dead.exists() and alive.exists()
     assert json.loads(target.read_text()) == {"a": 1}
+
+
+@pytest.mark.parametrize("number", [str(2**31), "9" * 40])
+def test_a_temporary_named_for_a_process_id_no_system_has_is_removed_not_a_crash(tmp_path, number):
+    # os.kill raises OverflowError for such a number: a stray file must not stop every write in its folder.
+    stray = tmp_path / f".registry.json.{number}.tmp"
+    stray.write_text("not ours")
+    write_json_atomically(tmp_path / "registry.json", {"a": 1})
+    assert not stray.exists()
+    assert json.loads((tmp_path / "registry.json").read_text()) == {"a": 1}
