@@ -59,7 +59,10 @@ def replace_atomically(target: Path, write: Callable[[Path], None]) -> None:
     for leftover in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         pid = leftover.name[len(prefix) : -len(".tmp")]
         if pid.isdigit() and not _process_exists(int(pid)):
-            leftover.unlink(missing_ok=True)
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:  # housekeeping only (a folder of that name, another user's file): never the write's end
+                pass
     temporary = target.with_name(f"{prefix}{os.getpid()}.tmp")
     try:
         write(temporary)

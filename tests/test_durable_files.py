@@ -54,3 +54,13 @@ def test_a_temporary_named_for_a_process_id_no_system_has_is_removed_not_a_crash
     write_json_atomically(tmp_path / "registry.json", {"a": 1})
     assert not stray.exists()
     assert json.loads((tmp_path / "registry.json").read_text()) == {"a": 1}
+
+
+def test_a_leftover_that_cannot_be_removed_does_not_stop_the_write(tmp_path):
+    # Removing dead writers' leftovers is housekeeping: one that cannot go (here a folder under that name;
+    # in a shared folder, another user's file) must not fail the write itself.
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stuck = tmp_path / f".run.json.{int(ended.stdout)}.tmp"
+    stuck.mkdir()
+    write_json_atomically(tmp_path / "run.json", {"a": 1})
+    assert json.loads((tmp_path / "run.json").read_text()) == {"a": 1}
