@@ -233,8 +233,11 @@ class RunDirectory:
             # torch.save embeds the stem of the file it writes in the archive: saved under a name of its own
             # first (the run's lock keeps it to one writer), a checkpoint's bytes never hold the process id.
             named = directory / f".{CHECKPOINT_FILE}.tmp"
-            torch.save(checkpoint, named)
-            os.replace(named, temporary)
+            try:
+                torch.save(checkpoint, named)
+                os.replace(named, temporary)
+            finally:
+                named.unlink(missing_ok=True)  # a failed save (a full disk) leaves nothing half-written
 
         self._replace_atomically(directory, CHECKPOINT_FILE, write)
 

@@ -107,6 +107,24 @@ def test_checkpoint_bytes_do_not_depend_on_the_process_id(tmp_path, monkeypatch)
     assert sorted(path.name for path in run_dir.work_dir.iterdir()) == [CHECKPOINT_FILE, "run.json"]
 
 
+def test_a_checkpoint_that_cannot_be_written_leaves_the_last_one_and_no_temporary(tmp_path, monkeypatch):
+    run_dir = RunDirectory(tmp_path / "e" / "r")
+    run_dir.create({"step": 1}, {})
+    save = torch.save
+
+    def disk_full(obj, path, *args, **kwargs):
+        save(obj, path, *args, **kwargs)
+        os.truncate(path, 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_dir.save_checkpoint({"step": 2})
+    assert sorted(path.name for path in run_dir.work_dir.iterdir()) == [CHECKPOINT_FILE, "run.json"]
+    assert torch.load(run_dir.work_dir / CHECKPOINT_FILE, weights_only=True) == {"step": 1}
+    run_dir.release()
+
+
 def test_json_is_strict_non_finite_numbers_become_null_with_a_warning(tmp_path, caplog):
     run_dir = RunDirectory(tmp_path / "e" / "r")
     run_dir.create({}, {})
