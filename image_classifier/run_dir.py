@@ -107,11 +107,20 @@ class RunDirectory:
         self._lock = lock_directory(self.work_dir)
         if self._lock is None:
             raise RunDirectoryError(f"another process is running {self.work_dir} right now; it cannot be resumed")
+        self._remove_temporaries()
         try:
             return self.load_checkpoint()
         except BaseException:
             self.release()
             raise
+
+    def _remove_temporaries(self) -> None:
+        """Drop what writers killed inside a write left (see `_replace_atomically`). With the run's lock held,
+        every temporary here is a dead writer's, even one named for a process id that lives on this host
+        (the killed trainer's id in another container), which `durable_files` has to leave alone."""
+        for temporary in self.work_dir.glob(".*.tmp"):
+            if temporary.is_file():
+                temporary.unlink(missing_ok=True)
 
     def _remove_spare_checkpoint(self) -> None:
         """Drop the checkpoint a run killed between its final rename and the checkpoint's removal left in its

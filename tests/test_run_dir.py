@@ -70,6 +70,22 @@ def test_an_unlocked_unfinished_run_is_offered_for_resume_and_locked_by_it(tmp_p
     assert is_locked(resumer.work_dir)
 
 
+def test_a_resume_removes_what_a_killed_writer_left_even_under_a_pid_that_lives_here(tmp_path):
+    # A trainer killed inside a write in its container (pid 1 there) leaves `.metrics.json.1.tmp`; resumed in
+    # another container, pid 1 is somebody else, so "is that process alive?" cannot tell. The run's lock can:
+    # whoever holds it is the run's only writer, and every temporary in its folder is a dead writer's.
+    create = "import sys; from pathlib import Path; from image_classifier.run_dir import RunDirectory; "
+    create += "RunDirectory(Path(sys.argv[1])).create({'step': 5}, {})"
+    subprocess.run([sys.executable, "-c", create, str(tmp_path / "e" / "r")], check=True)
+    resumer = RunDirectory(tmp_path / "e" / "r")
+    for leftover in (".metrics.json.1.tmp", ".checkpoint.pt.tmp"):
+        (resumer.work_dir / leftover).write_text("half")
+    resumer.open_for_resume()
+    resumer.write_json("metrics.json", {})
+    published = resumer.finish()
+    assert sorted(path.name for path in published.iterdir()) == ["metrics.json", "run.json"]
+
+
 def test_abandoned_staging_directories_are_cleaned_and_never_block(tmp_path):
     experiment = tmp_path / "e"
     abandoned = experiment / f"r{STAGING_MARKER}12345"
