@@ -52,7 +52,7 @@ class DataOptions:
     test_fraction: float = DEFAULT_TEST_FRACTION
     seed: int = 0  # draws the --test_fraction split
     skip_bad_images: bool = False
-    cache_folder: Path | None = None  # None: prepared.default_cache_folder()
+    cache_folder: Path | None = None  # None: prepared_keys.default_cache_folder()
     max_pixels: int = DEFAULT_MAX_PIXELS
     processes: int | None = None  # None: every core
 
