@@ -26,9 +26,7 @@ class TrainConfig:
     image_size: int = 32
     test_fraction: float = 0.2
     skip_bad_images: bool = False
-    cache_folder: Path | None = (
-        None  # where image folders are prepared; None: data/prepared_keys.py's default_cache_folder()
-    )
+    cache_folder: Path | None = None  # where image folders are prepared; None: prepared_keys.default_cache_folder()
     augment: bool = False
     learning_rate: float = 0.001
     momentum: float = 0.9
