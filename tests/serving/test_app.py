@@ -276,3 +276,31 @@ def test_a_batch_decoded_for_the_model_a_reload_replaced_is_answered_by_that_mod
     assert model is state.previous_model and answer.tolist() == [[32], [32]]
     answer, model = state.infer(np.zeros((1, 3, 64, 64), dtype=np.uint8))
     assert model is state.model and answer.tolist() == [[64]]
+
+
+def test_the_answers_bytes_are_those_the_service_always_sent(trained_run, offline, tmp_path):
+    """Built from the pydantic models since issue 17, the answers keep the bytes of the dicts they replaced:
+    compact JSON, keys in the documented order, floats as Python writes them, non-ASCII names unescaped."""
+    import json
+
+    from tests.serving.conftest import variant_run
+
+    classes = [f"klasse-{index}-é猫" for index in range(10)]
+    run = variant_run(trained_run, tmp_path / "run", classes=classes)
+    with TestClient(create_app(ServeSettings(model=ModelRequest(str(run)), top_k=3))) as client:
+        image = png_bytes(offline.images[0])
+        single = client.post("/predict", content=image, headers={"Content-Type": "image/png"})
+        batch = client.post("/predict/batch", files=[("files", ("ä.png", image, "image/png"))] * 2)
+
+    def compact(value) -> bytes:  # Starlette's JSONResponse, as the routes used it before
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+    def entries(predictions):
+        return [{"class": p["class"], "label": p["label"], "probability": p["probability"]} for p in predictions]
+
+    answer = single.json()
+    model = {key: answer["model"][key] for key in ("sha256", "name", "version", "source")}
+    assert single.content == compact({"predictions": entries(answer["predictions"]), "model": model})
+    assert answer["predictions"][0]["class"] in classes and "é猫".encode() in single.content
+    results = [{"filename": r["filename"], "predictions": entries(r["predictions"])} for r in batch.json()["results"]]
+    assert batch.content == compact({"results": results, "model": model})
