@@ -4,6 +4,7 @@ send, and the app's own contract (the model loaded in the lifespan, JSON errors 
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -15,7 +16,7 @@ from image_classifier.secret import Secret
 from image_classifier.serving.app import create_app
 from image_classifier.serving.model_request import ModelRequest
 from image_classifier.serving.settings import ServeSettings
-from tests.serving.conftest import metric_value, png_bytes
+from tests.serving.conftest import metric_value, png_bytes, variant_run
 
 
 def encode_png(hwc: np.ndarray) -> bytes:
@@ -281,10 +282,6 @@ def test_a_batch_decoded_for_the_model_a_reload_replaced_is_answered_by_that_mod
 def test_the_answers_bytes_are_those_the_service_always_sent(trained_run, offline, tmp_path):
     """Built from the pydantic models since issue 17, the answers keep the bytes of the dicts they replaced:
     compact JSON, keys in the documented order, floats as Python writes them, non-ASCII names unescaped."""
-    import json
-
-    from tests.serving.conftest import variant_run
-
     classes = [f"klasse-{index}-é猫" for index in range(10)]
     run = variant_run(trained_run, tmp_path / "run", classes=classes)
     with TestClient(create_app(ServeSettings(model=ModelRequest(str(run)), top_k=3))) as client:
