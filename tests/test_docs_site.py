@@ -146,6 +146,10 @@ def test_the_readme_links_reach_files_and_headings(site):
             stem = Path(path).stem
             built = (site / "index.html" if stem == "index" else site / stem / "index.html").read_text()
             assert f'id="{anchor}"' in built, f"README.md links to {link}: {path} has no such heading"
+            # The README is read on GitHub, which renders docs/*.md itself and slugs headings its own way
+            # (`--resume` keeps its hyphens there, MkDocs folds them): the link must land in both.
+            page_headings = re.findall(r"^#+ (.*)$", _outside_code((REPO_ROOT / path).read_text()), re.MULTILINE)
+            assert anchor in {_github_slug(h) for h in page_headings}, f"README.md links to {link}: not on GitHub"
 
 
 def test_the_readme_is_a_ten_minute_read():

@@ -29,3 +29,18 @@ def test_versions_the_readme_shows_are_the_packages():
     assert all(f"`{form}`" in PACKAGING for form in forms)
     if not tags.strip():  # no release yet: the form before the first tag
         assert re.fullmatch(r"0\.1\.dev\d+\+g[0-9a-f]+(\.d\d{8})?", version), version
+
+
+def test_the_requirements_section_says_why_each_direct_dependency_is_there():
+    # A dependency nobody can explain is one nobody dares remove: each one asked for in a .in file is named
+    # in the section that says what it is for, as code (`name`), so that a word of the prose cannot stand in.
+    requirements = section("operations.md", "Requirements and lock files").lower()
+    named = set(re.findall(r"`([a-z0-9][a-z0-9._-]*)`", requirements))
+    asked = set()
+    for path in sorted((REPO_ROOT / "requirements").glob("requirements-*.in")):
+        for line in path.read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line and not line.startswith("-"):
+                asked.add(re.split(r"[<>=!~\[ ;]", line)[0].lower())
+    assert {"mkdocs", "mkdocs-material", "torch"} <= asked
+    assert sorted(asked - named) == []

@@ -6,8 +6,8 @@ Copy-paste examples:
     curl -s -H 'Content-Type: image/png' --data-binary @cat.png http://127.0.0.1:8000/predict
     curl -s -F file=@cat.png http://127.0.0.1:8000/predict
     curl -s -F files=@cat.png -F files=@dog.jpg 'http://127.0.0.1:8000/predict/batch?top_k=1'
-    SERVE_TOKEN=s3cret image_classifier_serve --model models:/cifar@production --reload_every 60
-    kill -HUP <pid>    # re-resolve models:/cifar@production now; kill -TERM <pid> stops gracefully
+    SERVE_TOKEN=s3cret image_classifier_serve --model models:/cifar-net@production --reload_every 60
+    kill -HUP <pid>    # re-resolve models:/cifar-net@production now; kill -TERM <pid> stops gracefully
     image_classifier_serve --model experiments/local_exp_test/run_1 --workers 2    # two processes, one port
 
 Exit status: 0 after SIGTERM or SIGINT, 1 if the model cannot be served or the inference worker died (a
