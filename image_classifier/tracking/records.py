@@ -152,7 +152,12 @@ def _unfinished_record(base: dict, manifest: dict | None, problem: str | None) -
         reason = f"unfinished, {problem}: stopped as it started, or starting now"
         return RunRecord(**base, status=INTERRUPTED if problem == f"no {RUN_FILE}" else UNREADABLE, reason=reason)
     # The process that runs (or resumes) a run holds a lock on its folder until it ends, however it ends.
-    if is_locked(base["folder"]):
+    try:
+        locked = is_locked(base["folder"])
+    except FileNotFoundError:  # renamed since run.json was read: published (or deleted) this instant
+        reason = "unfinished: a process was finishing it just now"
+        return RunRecord(**base, status=RUNNING, reason=reason, manifest=manifest)
+    if locked:
         return RunRecord(**base, status=RUNNING, reason="unfinished: a process is running it now", manifest=manifest)
     status = manifest.get("status")
     reason = {

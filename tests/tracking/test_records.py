@@ -35,3 +35,23 @@ def _run_folder(tmp_path: Path, history) -> Path:
 )
 def test_duration_is_the_time_in_epochs_and_the_wall_clock_only_for_earlier_versions(tmp_path, history, duration):
     assert read_run(_run_folder(tmp_path, history)).duration_seconds == duration
+
+
+def test_an_unfinished_run_published_while_it_is_read_is_a_record_not_a_traceback(tmp_path, monkeypatch):
+    # `runs list` reads run.json of `r.incomplete`, and the trainer renames the folder to `r` (publishing the
+    # run) before the lock is asked about: read_run "never raises", so this is a record too.
+    from image_classifier.tracking import records
+
+    folder = tmp_path / "e" / "r.incomplete"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"status": "running"}))
+    read_json_object = records._read_json_object
+
+    def read_then_published(path):
+        found = read_json_object(path)
+        folder.rename(folder.with_name("r"))
+        return found
+
+    monkeypatch.setattr(records, "_read_json_object", read_then_published)
+    record = read_run(folder)
+    assert record.status == "running" and "just now" in record.reason
