@@ -22,7 +22,6 @@ from image_classifier.secret import Secret
 logger = logging.getLogger(__name__)
 
 PASSWORD_ENV = "DB_PASSWORD"
-USAGE_EXIT_CODE = 2  # argparse's own code for usage errors
 # torch.manual_seed takes any integer that fits in 64 bits; the trainer takes the non-negative ones.
 MAX_SEED = 2**64 - 1
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_classifier.errors import ModelSpecError
+from image_classifier.errors import ModelSpecError, UserError
 from image_classifier.manifest import dataset_file_differences, differences, start_environment
 from image_classifier.model.spec import SPEC_KEY, spec_of_run
 
@@ -79,11 +79,11 @@ def environment_differences(
 
 
 def _load_weights(path: Path) -> dict | None:
-    import torch
+    from image_classifier.model.model import read_state_dict  # torch: only once weights are compared
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a state_dict (damaged): it cannot hold the same weights
+        return read_state_dict(path)
+    except UserError:  # missing, or not a state_dict (damaged): it cannot hold the same weights
         return None
 
 

@@ -102,3 +102,10 @@ def test_a_damaged_run_record_is_refused_before_any_work(tmp_path, change, messa
     with pytest.raises(UserError, match=re.escape(message)):
         reproduce(run_dir, Secret("x"))
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["run_1"]
+
+
+def test_a_damaged_or_missing_model_file_never_holds_the_same_weights(tmp_path):
+    (tmp_path / "damaged.pth").write_bytes((OLDER_RUN / "model.pth").read_bytes()[:100])
+    torch.save({"not": "tensors"}, tmp_path / "strings.pth")
+    for other in ("damaged.pth", "strings.pth", "missing.pth"):
+        assert not same_weights(OLDER_RUN / "model.pth", tmp_path / other)
