@@ -262,7 +262,7 @@ def _open_session(
     if checkpoint is None and config.pretrained_model is not None:
         pretrained = read_state_dict(config.pretrained_model, device)
 
-    data, spec = load_data(config, db_password, runtime, checkpoint["dataset_sha256"] if checkpoint else None)
+    data, spec = load_data(config, db_password, runtime, checkpoint)
     determinism = configure_determinism(config.deterministic, device)
     seed_everything(config.seed)
     model, trained = model_on_device(config, spec, runtime, len(data.train))

@@ -58,14 +58,14 @@ def augment_generator(seed: int, rank: int) -> torch.Generator:
 
 
 def load_data(
-    config: TrainConfig, db_password: Secret, runtime: Runtime, recorded_sha256: dict | str | None
+    config: TrainConfig, db_password: Secret, runtime: Runtime, checkpoint: dict | None
 ) -> tuple[TrainTestData, ModelSpec]:
-    """The run's data on its device, and the model spec it implies; `recorded_sha256` is the dataset hash a
-    resumed run's checkpoint holds (None for a new run), which the data read now must match."""
+    """The run's data on its device, and the model spec it implies; a resumed run's `checkpoint` (None for a
+    new run) holds the dataset hash the data read now must match."""
     data = get_train_test_data(config.dataset_folder, load_settings(), db_password, data_options(config))
     check_same_data(runtime, data.fingerprint)
-    if recorded_sha256 is not None:
-        check_dataset(recorded_sha256, data.fingerprint, config.dataset_folder)
+    if checkpoint is not None:
+        check_dataset(checkpoint["dataset_sha256"], data.fingerprint, config.dataset_folder)
     spec = new_spec(config.architecture, _image_size(data), data.classes)
     data = dataclasses.replace(
         data,

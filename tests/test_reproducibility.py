@@ -287,6 +287,17 @@ def test_resume_refuses_a_changed_dataset_and_continues_once_it_is_restored(data
     assert_run_complete_without_leftovers(tmp_path / "e" / "r", reference)
 
 
+def test_resume_refuses_a_checkpoint_whose_dataset_hash_is_missing(dataset, tmp_path):
+    args = trainer_args(dataset, tmp_path, "r")
+    assert run_with_fault("KILL", "train:1:5", *args).returncode == -9
+    path = tmp_path / "e" / "r.incomplete" / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save({**checkpoint, "dataset_sha256": None}, path)
+    refused = run_trainer(*args, "--resume")
+    assert refused.returncode == 1, refused.stderr
+    assert f"error: the dataset in {dataset} changed since the interrupted run" in refused.stderr
+
+
 @pytest.mark.parametrize("signal_name, point", [("KILL", "train:2:5"), ("TERM", "evaluate:2")])
 def test_an_unfinished_run_holds_no_secret(dataset, tmp_path, signal_name, point):
     args = trainer_args(dataset, tmp_path, "r", "--checkpoint_every", "10")
