@@ -124,14 +124,18 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000, help="files to generate (default: 20000)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of the net job (default: 5)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_folders"), help="working folder")
     parser.add_argument("--no-resnet", action="store_true", help="skip the resnet18 measurements")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     work = args.work
     folder = work / f"images-{args.images}"
     work.mkdir(parents=True, exist_ok=True)

@@ -121,14 +121,18 @@ def measure(folder: Path, work: Path, image_size: int) -> dict:
     return {"array_MB": array_mb, "prepare": prepared, "train": trained}
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000, help="files in the generated folder (default: 20000)")
     parser.add_argument(
         "--image_sizes", default="32,128", help="prepared image sides, comma-separated (default: 32,128)"
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_folders"), help="working folder")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     folder = args.work / f"images-{args.images}"
     if not (folder / "train").is_dir():
         test = args.images // 5

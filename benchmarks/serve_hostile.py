@@ -240,7 +240,7 @@ def run(
     return results
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="experiments/local_exp_test/run_1", help="run folder to serve")
     parser.add_argument("--seconds", type=float, default=20, help="length of each phase")
@@ -249,7 +249,11 @@ def main() -> None:
     parser.add_argument("--serve_args", default="", help="more options for the service, e.g. '--decode_workers 1'")
     parser.add_argument("--phases", default="webp,png", help="which attacks to send, in order: webp, png")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     with tempfile.TemporaryDirectory() as logs:
         only = args.phases.split(",")
         results = run(

@@ -306,7 +306,7 @@ def summary(results: list[Result], most: int) -> dict:
     return ratios
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="experiments/local_exp_test/run_1", help="run folder to serve")
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
@@ -326,7 +326,11 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes of our services (their --workers)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     for number in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, _stopped)
     clients = [int(c) for c in args.clients.split(",")]

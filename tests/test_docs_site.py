@@ -298,6 +298,8 @@ def invocations(words: list[str]) -> list[tuple[str, str, list[str]]]:
         assert not image.startswith("-"), f"put --entrypoint last of docker's options: {shlex.join(words)}"
         return [(entrypoint, _module_of(ENTRY_POINTS[entrypoint]), words[index + 3 :])]
     python = re.fullmatch(r"python[\d.]*", program)
+    if python and len(words) > 1 and re.fullmatch(r"benchmarks/\w+\.py", words[1]):
+        return [(f"python {words[1]}", words[1][: -len(".py")].replace("/", "."), words[2:])]
     launched = None
     if program == "torchrun":
         launched = _after_module_option(words[1:])
@@ -347,6 +349,8 @@ def test_the_docs_show_every_command():
     shown = {line.command for line in COMMAND_LINES}
     assert set(ENTRY_POINTS) <= shown, set(ENTRY_POINTS) - shown
     assert {"python -m image_classifier.main", "python -m image_classifier.data.synthetic"} <= shown, shown
+    benchmarks = {f"python benchmarks/{path.name}" for path in (REPO_ROOT / "benchmarks").glob("*.py")}
+    assert {"python benchmarks/bench_training.py", "python benchmarks/serve_load.py"} <= shown & benchmarks, shown
     assert len(COMMAND_LINES) >= 50, len(COMMAND_LINES)
 
 
@@ -356,7 +360,9 @@ def test_every_documented_command_line_parses(command_line):
     assert error is None, f"{command_line}\n{error}"
 
 
-@pytest.mark.parametrize("module", sorted({line.module for line in COMMAND_LINES if line.command.startswith("python")}))
+@pytest.mark.parametrize(
+    "module", sorted({line.module for line in COMMAND_LINES if line.command.startswith("python -m")})
+)
 def test_every_module_run_with_python_m_runs_as_a_program(module):
     spec = importlib.util.find_spec(module)
     assert spec and spec.origin, module
