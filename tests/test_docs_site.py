@@ -425,7 +425,10 @@ def test_the_checker_reads_what_the_shell_runs():
 @given(option=st.from_regex(r"--?[a-z][a-z_-]{0,24}", fullmatch=True))
 def test_an_unknown_option_in_the_docs_fails(option):
     runs_line, trainer_line = command_lines_of(WRONG_DOC.format(option=option), "doc")
-    assume(option not in _options(_parser(runs_line.module)) | _options(_parser(trainer_line.module)))
+    known = _options(_parser(runs_line.module)) | _options(_parser(trainer_line.module))
+    assume(option not in known)
+    # "-vv" is -v twice and "-x5" is -x 5 to argparse: a single dash before a known short option is no typo
+    assume(option.startswith("--") or option[:2] not in known)
     assert "exit 2" in parse_error(runs_line)
     assert "exit 2" in parse_error(trainer_line)
 
