@@ -64,6 +64,9 @@ def replace_atomically(target: Path, write: Callable[[Path], None]) -> None:
             except OSError:  # housekeeping only (a folder of that name, another user's file): never the write's end
                 pass
     temporary = target.with_name(f"{prefix}{os.getpid()}.tmp")
+    # The name is guessable (`ps` shows the id): whatever sits there now (a planted symbolic link) is dropped
+    # first, so `write` creates a file of its own instead of writing through a link.
+    temporary.unlink(missing_ok=True)
     try:
         write(temporary)
         fsync_path(temporary)

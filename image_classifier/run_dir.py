@@ -242,6 +242,7 @@ class RunDirectory:
             # torch.save embeds the stem of the file it writes in the archive: saved under a name of its own
             # first (the run's lock keeps it to one writer), a checkpoint's bytes never hold the process id.
             named = directory / f".{CHECKPOINT_FILE}.tmp"
+            named.unlink(missing_ok=True)  # a fixed name: never write through a link left there by someone else
             try:
                 torch.save(checkpoint, named)
                 os.replace(named, temporary)

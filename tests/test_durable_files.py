@@ -64,3 +64,15 @@ def test_a_leftover_that_cannot_be_removed_does_not_stop_the_write(tmp_path):
     stuck.mkdir()
     write_json_atomically(tmp_path / "run.json", {"a": 1})
     assert json.loads((tmp_path / "run.json").read_text()) == {"a": 1}
+
+
+def test_a_link_planted_at_this_processs_temporary_name_is_not_written_through(tmp_path):
+    # The temporary's name is the target's and the writer's process id, which `ps` shows: a symbolic link
+    # left there (a shared folder) must not make the write overwrite the file it points to.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / f".registry.json.{os.getpid()}.tmp").symlink_to(victim)
+    write_json_atomically(tmp_path / "registry.json", {"a": 1})
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "registry.json").is_symlink()
+    assert json.loads((tmp_path / "registry.json").read_text()) == {"a": 1}

@@ -123,6 +123,22 @@ def test_checkpoint_bytes_do_not_depend_on_the_process_id(tmp_path, monkeypatch)
     assert sorted(path.name for path in run_dir.work_dir.iterdir()) == [CHECKPOINT_FILE, "run.json"]
 
 
+def test_a_link_planted_at_the_checkpoints_fixed_temporary_name_is_not_written_through(tmp_path):
+    # `.checkpoint.pt.tmp` is a name anyone who can write into the run folder (a shared experiments folder)
+    # knows in advance: a symbolic link left there must not make the trainer overwrite the file it points to,
+    # nor become the run's checkpoint.
+    run_dir = RunDirectory(tmp_path / "e" / "r")
+    run_dir.create({"step": 1}, {})
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (run_dir.work_dir / f".{CHECKPOINT_FILE}.tmp").symlink_to(victim)
+    run_dir.save_checkpoint({"step": 2})
+    assert victim.read_text() == "precious"
+    assert not (run_dir.work_dir / CHECKPOINT_FILE).is_symlink()
+    assert torch.load(run_dir.work_dir / CHECKPOINT_FILE, weights_only=True) == {"step": 2}
+    run_dir.release()
+
+
 def test_a_checkpoint_that_cannot_be_written_leaves_the_last_one_and_no_temporary(tmp_path, monkeypatch):
     run_dir = RunDirectory(tmp_path / "e" / "r")
     run_dir.create({"step": 1}, {})
