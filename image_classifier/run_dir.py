@@ -195,6 +195,7 @@ class RunDirectory:
         import torch
 
         path = self.work_dir / MODEL_FILE
+        path.unlink(missing_ok=True)  # a file of its own, never written through a link left there
         # contiguous: the notebook's layout, whatever layout (channels-last) the run trained in
         torch.save({name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}, path)
         fsync_path(path)

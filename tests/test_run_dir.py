@@ -106,6 +106,21 @@ def test_model_bytes_depend_only_on_the_weights(tmp_path):
     assert len(digests) == 1
 
 
+def test_a_link_planted_at_model_pth_is_not_written_through(tmp_path):
+    # model.pth is written under its final name (its zip embeds it): a symbolic link left there must not
+    # make the trainer overwrite the file it points to, nor be published as the run's model.
+    run_dir = RunDirectory(tmp_path / "e" / "r")
+    run_dir.create({}, {})
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (run_dir.work_dir / "model.pth").symlink_to(victim)
+    digest = run_dir.save_model({"w": torch.arange(4.0)})
+    assert victim.read_text() == "precious"
+    assert not (run_dir.work_dir / "model.pth").is_symlink()
+    assert digest == sha256_of(run_dir.work_dir / "model.pth")
+    run_dir.release()
+
+
 def test_checkpoint_bytes_do_not_depend_on_the_process_id(tmp_path, monkeypatch):
     # torch.save embeds the name of the file it writes in the archive: a temporary named after the process
     # would make two identical runs' checkpoints differ (item 5 of issue 17: no byte of a run changes).
