@@ -214,9 +214,12 @@ class RunDirectory:
 
         path = self.work_dir / CHECKPOINT_FILE
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a checkpoint is written atomically, so this is damage from outside
             raise RunDirectoryError(f"cannot read checkpoint {path}: {exc}") from None
+        if not isinstance(checkpoint, dict):  # replaced from outside by another file torch can read
+            raise RunDirectoryError(f"{path} does not hold a checkpoint (a {type(checkpoint).__name__})")
+        return checkpoint
 
     # --- the end ---
 

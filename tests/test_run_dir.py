@@ -70,6 +70,19 @@ def test_an_unlocked_unfinished_run_is_offered_for_resume_and_locked_by_it(tmp_p
     assert is_locked(resumer.work_dir)
 
 
+@pytest.mark.parametrize("content", [[1, 2], torch.zeros(2), "text"])
+def test_a_checkpoint_file_that_holds_no_checkpoint_is_refused_and_the_run_let_go(tmp_path, content):
+    # Replaced from outside by something torch.load reads (weights_only allows lists, tensors, strings): the
+    # resume checks ask it `.get(...)`, which would end in a traceback instead of an `error:` line.
+    resumer = RunDirectory(tmp_path / "e" / "r")
+    resumer.create({"step": 5}, {})
+    resumer.release()
+    torch.save(content, resumer.work_dir / CHECKPOINT_FILE)
+    with pytest.raises(RunDirectoryError, match="does not hold a checkpoint"):
+        resumer.open_for_resume()
+    assert not is_locked(resumer.work_dir)
+
+
 def test_a_resume_removes_what_a_killed_writer_left_even_under_a_pid_that_lives_here(tmp_path):
     # A trainer killed inside a write in its container (pid 1 there) leaves `.metrics.json.1.tmp`; resumed in
     # another container, pid 1 is somebody else, so "is that process alive?" cannot tell. The run's lock can:
