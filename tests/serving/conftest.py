@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -238,3 +239,71 @@ def split_response(reply: bytes) -> tuple[int, dict, bytes]:
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def refuses_connections(server: Server) -> bool:
+    try:
+        httpx.get(server.url + "/health", timeout=10)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+class PredictionLoad:
+    """Clients posting an image without pause until stopped; every answer's status and model version kept, and
+    every error a client meets (a refused connection, a timeout) recorded, never silently ending it.
+
+    `fresh_connections`: each request on a new connection, so that every worker of a `--workers` service gets
+    some. `scrape_models`: a scraper reads /metrics meanwhile and keeps each scrape's model_info samples.
+    """
+
+    def __init__(
+        self, url: str, payload: bytes, clients: int = 6, fresh_connections: bool = False, scrape_models: bool = False
+    ) -> None:
+        self.url, self.payload, self.fresh_connections = url, payload, fresh_connections
+        self.stopping = threading.Event()
+        self.answers: list[list[tuple[int, int | None]]] = [[] for _ in range(clients)]
+        self.errors: list[str] = []
+        self.scrapes: list[list] = []
+        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
+        if scrape_models:
+            self.threads.append(threading.Thread(target=self._scraper))
+
+    def _client(self, index: int) -> None:
+        headers = {"Content-Type": "image/png"}
+        try:
+            with httpx.Client(timeout=120) as client:
+                while not self.stopping.is_set():
+                    if self.fresh_connections:
+                        response = httpx.post(self.url + "/predict", content=self.payload, headers=headers, timeout=120)
+                    else:
+                        response = client.post(self.url + "/predict", content=self.payload, headers=headers)
+                    version = response.json()["model"]["version"] if response.status_code == 200 else None
+                    self.answers[index].append((response.status_code, version))
+        except Exception as exc:  # recorded for the test to assert on
+            self.errors.append(f"client {index}: {type(exc).__name__}: {exc}")
+
+    def _scraper(self) -> None:
+        try:
+            with httpx.Client(timeout=120) as client:
+                while not self.stopping.is_set():
+                    text = client.get(self.url + "/metrics").text
+                    self.scrapes.append(metric_samples(text, "image_classifier_model_info"))
+        except Exception as exc:
+            self.errors.append(f"scraper: {type(exc).__name__}: {exc}")
+
+    def count(self) -> int:
+        return sum(len(answers) for answers in self.answers)
+
+    def latest_versions(self) -> set:
+        return {answers[-1][1] for answers in self.answers if answers}
+
+    def __enter__(self) -> PredictionLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from image_classifier.serving.predict import main as predict_main
 from tests.conftest import command, run_command, run_trainer, trainer_args
-from tests.serving.conftest import metric_samples, png_bytes, running_server, variant_run, wait_for
+from tests.serving.conftest import PredictionLoad, metric_samples, png_bytes, running_server, variant_run, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -94,60 +93,11 @@ def test_an_unknown_version_or_model_is_one_error_line(registry, test_pngs, caps
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
-class Load:
-    """Clients posting images without pause until stopped; every answer's status and model version kept, and
-    every error a client meets (a refused connection, a timeout) recorded, never silently ending it. A scraper
-    reads /metrics meanwhile: each scrape must name exactly one model being served."""
-
-    def __init__(self, url: str, payload: bytes, clients: int = 6) -> None:
-        self.url, self.payload = url, payload
-        self.stopping = threading.Event()
-        self.answers: list[list[tuple[int, int | None]]] = [[] for _ in range(clients)]
-        self.errors: list[str] = []
-        self.scrapes: list[list] = []
-        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
-        self.threads.append(threading.Thread(target=self._scraper))
-
-    def _client(self, index: int) -> None:
-        try:
-            with httpx.Client(timeout=120) as client:
-                while not self.stopping.is_set():
-                    response = client.post(
-                        self.url + "/predict", content=self.payload, headers={"Content-Type": "image/png"}
-                    )
-                    version = response.json()["model"]["version"] if response.status_code == 200 else None
-                    self.answers[index].append((response.status_code, version))
-        except Exception as exc:  # recorded for the test to assert on
-            self.errors.append(f"client {index}: {type(exc).__name__}: {exc}")
-
-    def _scraper(self) -> None:
-        try:
-            with httpx.Client(timeout=120) as client:
-                while not self.stopping.is_set():
-                    text = client.get(self.url + "/metrics").text
-                    self.scrapes.append(metric_samples(text, "image_classifier_model_info"))
-        except Exception as exc:
-            self.errors.append(f"scraper: {type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join()
-
-    def latest_versions(self) -> set:
-        return {answers[-1][1] for answers in self.answers if answers}
-
-
 def test_sighup_swaps_the_alias_under_load_without_a_failed_request(registry, offline, tmp_path):
     payload = png_bytes(offline.images[0])
     model = ["--model", "models:/cifar@production", "--experiments_folder", str(registry)]
     with running_server(tmp_path, *model, env={"MLFLOW_TRACKING_URI": ""}) as server:
-        with Load(server.url, payload) as load:
+        with PredictionLoad(server.url, payload, scrape_models=True) as load:
             wait_for(lambda: load.latest_versions() == {1}, "answers from version 1")
             assert runs_command("alias", "cifar", "production", "2", experiments=registry).returncode == 0
             server.process.send_signal(signal.SIGHUP)

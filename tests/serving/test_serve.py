@@ -25,6 +25,7 @@ from tests.serving.conftest import (
     png_bytes,
     png_declaring,
     receive_all,
+    refuses_connections,
     running_server,
     stop,
     wait_for,
@@ -219,14 +220,6 @@ def test_sigterm_lets_the_request_in_flight_finish_refuses_new_ones_and_exits_0(
 
 def in_progress(server) -> float:
     return metric_value(httpx.get(server.url + "/metrics", timeout=60).text, "image_classifier_requests_in_progress")
-
-
-def refuses_connections(server) -> bool:
-    try:
-        httpx.get(server.url + "/health", timeout=10)
-    except httpx.ConnectError:
-        return True
-    return False
 
 
 def test_a_bad_model_is_one_error_line_before_any_port_is_bound(tmp_path):

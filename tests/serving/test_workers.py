@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,11 +17,13 @@ import pytest
 
 from tests.conftest import command
 from tests.serving.conftest import (
+    PredictionLoad,
     metric_samples,
     metric_value,
     partial_request,
     png_bytes,
     receive_all,
+    refuses_connections,
     running_server,
     stop,
     variant_run,
@@ -127,40 +128,6 @@ def two_versions(trained_run, tmp_path_factory) -> Path:
     return experiments
 
 
-class FreshConnectionLoad:
-    """Clients posting without pause, each request on a new connection (so both workers get some); every
-    status and model version kept, every error recorded."""
-
-    def __init__(self, url: str, payload: bytes, clients: int = 6) -> None:
-        self.url, self.payload = url, payload
-        self.stopping = threading.Event()
-        self.answers: list[list[tuple[int, int | None]]] = [[] for _ in range(clients)]
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
-
-    def _client(self, index: int) -> None:
-        try:
-            while not self.stopping.is_set():
-                response = post(self.url, self.payload)
-                version = response.json()["model"]["version"] if response.status_code == 200 else None
-                self.answers[index].append((response.status_code, version))
-        except Exception as exc:  # recorded for the test to assert on
-            self.errors.append(f"client {index}: {type(exc).__name__}: {exc}")
-
-    def count(self) -> int:
-        return sum(len(answers) for answers in self.answers)
-
-    def __enter__(self) -> FreshConnectionLoad:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join()
-
-
 def versions_of_each_worker(server) -> dict[int, tuple[str, dict]]:
     """{worker: (served version, model_reloads_total by result)}."""
     result = {}
@@ -181,7 +148,7 @@ def test_sighup_swaps_every_worker_under_load_without_a_failed_request(two_versi
     model = ["--model", "models:/cifar@production", "--experiments_folder", str(registry), "--workers", "2"]
     with running_server(tmp_path, *model, env={"MLFLOW_TRACKING_URI": ""}) as server:
         assert both_on(server, "1")
-        with FreshConnectionLoad(server.url, png_bytes(offline.images[0])) as load:
+        with PredictionLoad(server.url, png_bytes(offline.images[0]), fresh_connections=True) as load:
             wait_for(lambda: load.count() > 30, "answers from version 1")
             assert runs_command("alias", "cifar", "production", "2", experiments=registry).returncode == 0
             server.process.send_signal(signal.SIGHUP)
@@ -244,14 +211,6 @@ def in_progress_by_worker(server) -> dict[int, tuple[int, int]]:
 
 def total_in_progress(server) -> int:
     return sum(count for _, count in in_progress_by_worker(server).values())
-
-
-def refuses_connections(server) -> bool:
-    try:
-        httpx.get(server.url + "/health", timeout=10)
-    except httpx.ConnectError:
-        return True
-    return False
 
 
 def test_sigterm_stops_both_workers_after_answering_their_requests_in_flight(trained_run, offline, tmp_path):
